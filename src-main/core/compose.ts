@@ -1,0 +1,213 @@
+// The composition root: builds the embedded server and the executor from the
+// command line and config, prints what a user needs to know, and shuts both
+// down cleanly on SIGINT/SIGTERM. Nothing else in core wires parts together.
+import { mkdir } from 'node:fs/promises';
+import { join } from 'node:path';
+import type { Writable } from 'node:stream';
+import { bazelCommand } from '../../src-shared/bazel.js';
+import {
+  dataDirectory,
+  defaultConfig,
+  loadConfigFile,
+  redactConfig,
+  type Config,
+} from './config.js';
+import { invalidArgument } from './errors.js';
+import { resolveIdentity, readVersion } from './identity.js';
+import type { Logger } from './log.js';
+import { startExecutor, type Executor } from './executor/executor.js';
+import { startServer, type EmbeddedServer } from './server/server.js';
+
+export const DEFAULT_PORT = 1985;
+
+export const USAGE = `Usage: idlebuild <command> [options]
+
+Commands:
+  start      Solo mode when no executor.app_target is configured, else the executor (npm start)
+  solo       Embedded server on 127.0.0.1:${DEFAULT_PORT} plus an executor connected to it
+  server     The embedded server alone (REAPI + BuildBuddy scheduler service)
+  executor   The headless executor; needs executor.app_target in --config
+  help       Show this help
+  version    Print the version
+
+Options:
+  -c, --config FILE   Executor config (YAML, BuildBuddy key names); also $IDLEBUILD_CONFIG
+  -p, --port PORT     Server port for solo/server (default ${DEFAULT_PORT}; 0 picks a free port)
+      --host HOST     Server address for solo/server (default 127.0.0.1)
+      --data-dir DIR  Where the server stores its CAS and Action Cache, and solo mode its
+                      executor's build root and file cache (default $IDLEBUILD_HOME or
+                      ~/.cache/idlebuild)
+
+Environment:
+  IDLEBUILD_LOG_LEVEL        trace | debug | info | warn | error (default info)
+  IDLEBUILD_DEBUG            Per-module debug logs, e.g. "scheduler,lease" or "*"
+  IDLEBUILD_EXECUTOR_API_KEY For server/solo: executors must present this API key
+
+Examples:
+  idlebuild solo
+  bazel build --remote_executor=grpc://127.0.0.1:${DEFAULT_PORT} //...
+  idlebuild executor --config executor.yaml
+`;
+
+export interface CliOptions {
+  config?: string;
+  port?: string;
+  host?: string;
+  dataDir?: string;
+}
+
+export interface CliIo {
+  logger: Logger;
+  stdout: Writable;
+  stderr: Writable;
+  /** Resolves when the process is asked to stop; defaults to SIGINT/SIGTERM. */
+  stopSignal?: Promise<void>;
+}
+
+/** Runs one CLI command to completion and returns the process exit code. */
+export async function runCommand(command: string, opts: CliOptions, io: CliIo): Promise<number> {
+  switch (command) {
+    case 'help':
+      io.stdout.write(USAGE);
+      return 0;
+    case 'version':
+      io.stdout.write(`idlebuild ${await readVersion()}\n`);
+      return 0;
+    case 'server':
+      return runServer(opts, io);
+    case 'solo':
+      return runSolo(opts, io);
+    case 'executor':
+      return runExecutor(opts, io);
+    case 'start': {
+      const config = await loadConfig(opts);
+      return config.executor.app_target ? runExecutor(opts, io) : runSolo(opts, io);
+    }
+    default:
+      io.stderr.write(`idlebuild: unknown command "${command}"\n\n${USAGE}`);
+      return 2;
+  }
+}
+
+async function runServer(opts: CliOptions, io: CliIo): Promise<number> {
+  const dataDir = opts.dataDir ?? dataDirectory();
+  const server = await startEmbeddedServer(opts, join(dataDir, 'server'), io.logger);
+  const endpoint = `grpc://${server.address}`;
+  io.stdout.write(
+    `Idlebuild server is ready.\n  Endpoint:  ${endpoint}\n  Data:      ${join(dataDir, 'server')}\n` +
+      `Connect executors with executor.app_target: ${endpoint}\n` +
+      `Build with:\n  ${bazelCommand(endpoint)}\nPress Ctrl-C to stop.\n`,
+  );
+  await waitForStop(io);
+  io.stdout.write('Stopping server...\n');
+  await server.close();
+  return 0;
+}
+
+async function runSolo(opts: CliOptions, io: CliIo): Promise<number> {
+  // Step: config. Solo mode always serves locally, whatever app_target says.
+  const config = await loadConfig(opts);
+  if (config.executor.app_target) {
+    io.logger.warn(
+      { app_target: config.executor.app_target },
+      'Solo mode ignores executor.app_target and uses its embedded server',
+    );
+  }
+  const dataDir = opts.dataDir ?? dataDirectory();
+  if (opts.dataDir) {
+    config.executor.root_directory = join(dataDir, 'remote_build');
+    config.executor.local_cache_directory = join(dataDir, 'filecache');
+  }
+
+  // Step: the server, then an executor connected to it over loopback.
+  const server = await startEmbeddedServer(opts, join(dataDir, 'server'), io.logger);
+  const endpoint = `grpc://${server.address}`;
+  config.executor.app_target = `grpc://127.0.0.1:${server.port}`;
+  config.executor.cache_target = '';
+  config.executor.api_key = process.env.IDLEBUILD_EXECUTOR_API_KEY ?? '';
+  let executor: Executor;
+  try {
+    executor = await startConfiguredExecutor(config, io.logger);
+  } catch (err) {
+    await server.close();
+    throw err;
+  }
+
+  // Step: tell the user how to use it, then wait for Ctrl-C.
+  io.stdout.write(
+    `Idlebuild solo mode is ready: an embedded server and an executor on this machine.\n` +
+      `  Endpoint:  ${endpoint}\n  Data:      ${dataDir}\n` +
+      `Build remotely with:\n  ${bazelCommand(endpoint)}\nPress Ctrl-C to stop.\n`,
+  );
+  await waitForStop(io);
+  io.stdout.write('Stopping: finishing running actions...\n');
+  await executor.stop({ graceMs: 10_000 });
+  await server.close();
+  return 0;
+}
+
+async function runExecutor(opts: CliOptions, io: CliIo): Promise<number> {
+  const config = await loadConfig(opts);
+  if (!config.executor.app_target) {
+    throw invalidArgument(
+      'executor.app_target is not set: set it in --config to a BuildBuddy app or an ' +
+        'idlebuild server (e.g. grpc://127.0.0.1:1985), or run "idlebuild solo"',
+    );
+  }
+  io.logger.info({ config: redactConfig(config) }, 'Starting executor');
+  const executor = await startConfiguredExecutor(config, io.logger);
+  io.stdout.write(`Idlebuild executor is running against ${config.executor.app_target}.\n`);
+  await waitForStop(io);
+  io.stdout.write('Stopping: finishing running actions...\n');
+  await executor.stop({ graceMs: Math.max(0, config.max_shutdown_duration - 5_000) });
+  return 0;
+}
+
+async function loadConfig(opts: CliOptions): Promise<Config> {
+  return opts.config ? loadConfigFile(opts.config) : defaultConfig();
+}
+
+async function startConfiguredExecutor(config: Config, logger: Logger): Promise<Executor> {
+  await mkdir(config.executor.root_directory, { recursive: true });
+  await mkdir(config.executor.local_cache_directory, { recursive: true });
+  const identity = await resolveIdentity(config);
+  return startExecutor({ config, identity, logger });
+}
+
+async function startEmbeddedServer(
+  opts: CliOptions,
+  dataDirectory: string,
+  logger: Logger,
+): Promise<EmbeddedServer> {
+  return startServer({
+    host: opts.host ?? '127.0.0.1',
+    port: parsePort(opts.port),
+    dataDirectory,
+    executorApiKey: process.env.IDLEBUILD_EXECUTOR_API_KEY || undefined,
+    logger,
+  });
+}
+
+function parsePort(value: string | undefined): number {
+  if (value === undefined) return DEFAULT_PORT;
+  const port = Number(value);
+  if (!/^\d+$/.test(value) || port > 65535) {
+    throw invalidArgument(`Invalid --port "${value}": expected a number from 0 to 65535`);
+  }
+  return port;
+}
+
+/** Resolves on the first SIGINT or SIGTERM; a second one exits at once. */
+function waitForStop(io: CliIo): Promise<void> {
+  if (io.stopSignal) return io.stopSignal;
+  return new Promise((resolve) => {
+    const onSignal = () => {
+      process.off('SIGINT', onSignal);
+      process.off('SIGTERM', onSignal);
+      process.once('SIGINT', () => process.exit(130));
+      resolve();
+    };
+    process.on('SIGINT', onSignal);
+    process.on('SIGTERM', onSignal);
+  });
+}

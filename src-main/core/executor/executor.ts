@@ -1,0 +1,234 @@
+import { mkdir } from 'node:fs/promises';
+
+import type * as grpc from '@grpc/grpc-js';
+
+import { createCasClients } from '../cas/client.js';
+import type { Config } from '../config.js';
+import { unavailable } from '../errors.js';
+import { createFileCache, type FileCache } from '../filecache.js';
+import type { Identity } from '../identity.js';
+import { moduleLogger, silentLogger, type Logger } from '../log.js';
+import { grpcPackage, type ExecutionClient, type SchedulerClient } from '../proto/index.js';
+import { createNoneRunner } from '../runner/none.js';
+import type { Runner } from '../runner/runner.js';
+import { runAttempt, type AttemptDeps, type AttemptOutcome } from './attempt.js';
+import {
+  connectToScheduler,
+  executionNode,
+  type SchedulerConnection,
+} from './scheduler-client.js';
+import { clientSettings, createClient, parseTarget } from './target.js';
+import { createTaskExecutor, type TaskExecutor } from './task.js';
+import { withCacheCheck } from './task-cache-check.js';
+import { withLogging } from './task-logging.js';
+import { withExecutedActionMetadata } from './task-metadata.js';
+import { createTaskQueue, type TaskClaim, type TaskQueue } from './task-queue.js';
+
+/** A running executor. */
+export interface Executor {
+  /**
+   * Stops taking work: tells the scheduler which reservations are still
+   * queued (they go to other executors), lets running tasks finish for up to
+   * `graceMs` (default 10 s), then aborts the rest, which are re-enqueued,
+   * and closes every connection.
+   */
+  stop(opts?: { graceMs?: number }): Promise<void>;
+  snapshot(): ExecutorSnapshot;
+}
+
+export interface ExecutorSnapshot {
+  /** The registration stream to the scheduler is up. */
+  connected: boolean;
+  /** Reservations waiting in the local queue. */
+  queueLength: number;
+  /** Tasks running now. */
+  active: number;
+  /** Tasks whose result was published with status OK. */
+  completed: number;
+  /** Tasks whose result was published with an error status. */
+  failed: number;
+}
+
+export interface ExecutorOptions {
+  config: Config;
+  identity: Identity;
+  /** Runners by preference (default: the `none` runner). */
+  runners?: Runner[];
+  logger?: Logger;
+}
+
+/**
+ * The executor's composition root: the file cache, the CAS clients (to
+ * cache_target, else app_target), the scheduler connection and the local
+ * queue, and the task pipeline with its decorators. Reservations run as
+ * soon as the queue admits them, so concurrency is bounded by the task
+ * sizes against the assignable CPU and memory.
+ */
+export async function startExecutor(opts: ExecutorOptions): Promise<Executor> {
+  const e = opts.config.executor;
+  const logger = opts.logger ?? silentLogger;
+  const runners = opts.runners ?? [createNoneRunner({ logger })];
+
+  // Local state: the build root and the file cache.
+  await mkdir(e.root_directory, { recursive: true });
+  const cache = e.disable_local_cache
+    ? undefined
+    : await createFileCache({
+        directory: e.local_cache_directory,
+        maxSizeBytes: e.local_cache_size_bytes,
+        logger,
+      });
+
+  // Clients: scheduler and Execution on app_target, the CAS on cache_target.
+  const appTarget = parseTarget(e.app_target);
+  const cacheTarget = e.cache_target ? parseTarget(e.cache_target) : appTarget;
+  const cacheSettings = clientSettings(cacheTarget);
+  const clients = {
+    scheduler: createClient<SchedulerClient>(grpcPackage().scheduler.Scheduler, appTarget),
+    execution: createClient<ExecutionClient>(
+      grpcPackage().build.bazel.remote.execution.v2.Execution,
+      appTarget,
+    ),
+    cas: createCasClients(
+      cacheTarget.address,
+      cacheSettings.credentials,
+      cacheSettings.options as grpc.ChannelOptions,
+    ),
+  };
+
+  return new RunningExecutor(opts, runners, cache, clients, logger);
+}
+
+/** Builds the decorated task pipeline. */
+function taskPipeline(opts: ExecutorOptions, runners: Runner[], cache?: FileCache): TaskExecutor {
+  const e = opts.config.executor;
+  let executor = createTaskExecutor({ config: e, runners, cache });
+  executor = withExecutedActionMetadata(executor, opts.identity);
+  if (e.check_action_result_before_execution) executor = withCacheCheck(executor);
+  return withLogging(executor);
+}
+
+class RunningExecutor implements Executor {
+  private readonly queue: TaskQueue;
+  private readonly connection: SchedulerConnection;
+  private readonly deps: AttemptDeps;
+  private readonly stopController = new AbortController();
+  private readonly running = new Set<Promise<void>>();
+  private readonly counts = { completed: 0, failed: 0 };
+  private readonly logger: Logger;
+  private stopping = false;
+  private draining = false;
+
+  constructor(
+    opts: ExecutorOptions,
+    runners: Runner[],
+    cache: FileCache | undefined,
+    private readonly clients: Pick<AttemptDeps, 'scheduler' | 'execution' | 'cas'>,
+    logger: Logger,
+  ) {
+    const e = opts.config.executor;
+    const { identity } = opts;
+    this.logger = moduleLogger(logger, 'executor');
+    this.deps = {
+      config: e,
+      identity,
+      ...clients,
+      executor: taskPipeline(opts, runners, cache),
+      stopSignal: this.stopController.signal,
+      logger: moduleLogger(logger, 'task'),
+    };
+
+    // The local queue, admitting reservations by task size.
+    this.queue = createTaskQueue({
+      capacity: {
+        milliCpu: identity.assignableMilliCpu,
+        memoryBytes: identity.assignableMemoryBytes,
+      },
+      taskExists: (r) => this.connection.taskExists(r.request.task_id, r.request.jwt),
+      trimIntervalMs: e.queue_trim_interval,
+      excessCapacityThreshold: e.excess_capacity_threshold,
+      exclusive: e.exclusive_task_scheduling,
+      logger: this.logger,
+    });
+    this.queue.onRunnable(() => this.drain());
+
+    // Register with the scheduler and take reservations into the queue.
+    const supportedIsolationTypes = runners.map((r) => r.isolation);
+    this.connection = connectToScheduler({
+      client: clients.scheduler,
+      apiKey: e.api_key,
+      node: () =>
+        executionNode(identity, {
+          supportedIsolationTypes,
+          queueLength: this.queue.length(),
+          activeCount: this.queue.active(),
+        }),
+      onReservation: (request) => void this.queue.enqueue(request),
+      onCancel: (taskId) => void this.queue.cancel(taskId),
+      idleForMs: () => (this.stopping ? 0 : this.queue.idleForMs()),
+      logger: moduleLogger(logger, 'scheduler'),
+    });
+  }
+
+  snapshot(): ExecutorSnapshot {
+    return {
+      connected: this.connection.connected(),
+      queueLength: this.queue.length(),
+      active: this.queue.active(),
+      ...this.counts,
+    };
+  }
+
+  async stop(opts: { graceMs?: number } = {}): Promise<void> {
+    if (this.stopping) return;
+    this.stopping = true;
+
+    // Hand queued reservations back and stop dequeuing.
+    const queued = this.queue.close();
+    await this.connection.shutdown(queued);
+
+    // Let running tasks finish within the grace period, then abort them.
+    const allDone = Promise.all([...this.running]);
+    const graceMs = opts.graceMs ?? 10_000;
+    let timer: NodeJS.Timeout | undefined;
+    const graceOver = new Promise<'timeout'>((r) => (timer = setTimeout(r, graceMs, 'timeout')));
+    if ((await Promise.race([allDone, graceOver])) === 'timeout') {
+      this.logger.warn({ active: this.running.size }, 'Aborting running tasks to stop');
+      this.stopController.abort(unavailable('The executor is shutting down'));
+      await allDone;
+    }
+    clearTimeout(timer);
+
+    // Close the connections.
+    this.clients.scheduler.close();
+    this.clients.execution.close();
+    this.clients.cas.close();
+  }
+
+  /** Starts every reservation the queue admits now. */
+  private drain(): void {
+    if (this.draining) return;
+    this.draining = true;
+    try {
+      for (let claim = this.queue.take(); claim; claim = this.queue.take())
+        this.start(claim);
+    } finally {
+      this.draining = false;
+    }
+  }
+
+  private start(claim: TaskClaim): void {
+    const attempt = runAttempt(claim.reservation, this.deps)
+      .then((outcome) => this.count(outcome))
+      .finally(() => {
+        this.running.delete(attempt);
+        claim.release();
+      });
+    this.running.add(attempt);
+  }
+
+  private count(outcome: AttemptOutcome): void {
+    if (outcome === 'completed') this.counts.completed++;
+    else if (outcome === 'failed') this.counts.failed++;
+  }
+}
