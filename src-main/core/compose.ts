@@ -93,12 +93,13 @@ async function runServer(opts: CliOptions, io: CliIo): Promise<number> {
   const dataDir = opts.dataDir ?? dataDirectory();
   const server = await startEmbeddedServer(opts, join(dataDir, 'server'), io.logger);
   const endpoint = `grpc://${server.address}`;
+  const stop = waitForStop(io);
   io.stdout.write(
     `Idlebuild server is ready.\n  Endpoint:  ${endpoint}\n  Data:      ${join(dataDir, 'server')}\n` +
       `Connect executors with executor.app_target: ${endpoint}\n` +
       `Build with:\n  ${bazelCommand(endpoint)}\nPress Ctrl-C to stop.\n`,
   );
-  await waitForStop(io);
+  await stop;
   io.stdout.write('Stopping server...\n');
   await server.close();
   return 0;
@@ -134,12 +135,13 @@ async function runSolo(opts: CliOptions, io: CliIo): Promise<number> {
   }
 
   // Step: tell the user how to use it, then wait for Ctrl-C.
+  const stop = waitForStop(io);
   io.stdout.write(
     `Idlebuild solo mode is ready: an embedded server and an executor on this machine.\n` +
       `  Endpoint:  ${endpoint}\n  Data:      ${dataDir}\n` +
       `Build remotely with:\n  ${bazelCommand(endpoint)}\nPress Ctrl-C to stop.\n`,
   );
-  await waitForStop(io);
+  await stop;
   io.stdout.write('Stopping: finishing running actions...\n');
   await executor.stop({ graceMs: 10_000 });
   await server.close();
@@ -156,8 +158,9 @@ async function runExecutor(opts: CliOptions, io: CliIo): Promise<number> {
   }
   io.logger.info({ config: redactConfig(config) }, 'Starting executor');
   const executor = await startConfiguredExecutor(config, io.logger);
+  const stop = waitForStop(io);
   io.stdout.write(`Idlebuild executor is running against ${config.executor.app_target}.\n`);
-  await waitForStop(io);
+  await stop;
   io.stdout.write('Stopping: finishing running actions...\n');
   await executor.stop({ graceMs: Math.max(0, config.max_shutdown_duration - 5_000) });
   return 0;

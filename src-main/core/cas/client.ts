@@ -42,13 +42,15 @@ export interface CasClients {
 
 /**
  * Creates CAS, ActionCache and ByteStream stubs for `target` ("host:port")
- * over one channel. Receive limits are raised to 64 MiB unless `options`
- * say otherwise, so a full 4 MB batch plus framing always fits.
+ * over one channel. `options` are channel options (plus client options such
+ * as interceptors, applied to all three stubs). Receive limits are raised to
+ * 64 MiB unless `options` say otherwise, so a full 4 MB batch plus framing
+ * always fits. The caller owns the result and closes it when done.
  */
 export function createCasClients(
   target: string,
   credentials: grpc.ChannelCredentials,
-  options: grpc.ChannelOptions = {},
+  options: grpc.ClientOptions = {},
 ): CasClients {
   const v2 = grpcPackage().build.bazel.remote.execution.v2;
   const { ByteStream } = grpcPackage().google.bytestream;

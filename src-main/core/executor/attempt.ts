@@ -1,6 +1,6 @@
 import { createContentStore, type CasClients } from '../cas/client.js';
 import type { ExecutorConfig } from '../config.js';
-import type { BlobDigest } from '../digest.js';
+import { digestKey, type BlobDigest } from '../digest.js';
 import { Code, codeOf, GrpcError, messageOf } from '../errors.js';
 import type { Identity } from '../identity.js';
 import type { Logger } from '../log.js';
@@ -54,7 +54,7 @@ export async function runAttempt(
   deps: AttemptDeps,
 ): Promise<AttemptOutcome> {
   const { request } = reservation;
-  const taskLogger = deps.logger.child({ taskId: request.task_id });
+  const taskLogger = deps.logger.child({ task_id: request.task_id });
 
   // Claim the task; most reservations end here because another executor won.
   let lease: TaskLease | undefined;
@@ -66,6 +66,7 @@ export async function runAttempt(
       executorId: deps.identity.executorId,
       executorHostname: deps.identity.hostname,
       reconnect: deps.config.enable_lease_reconnect,
+      signal: deps.stopSignal,
       logger: taskLogger,
     });
   } catch (err) {
@@ -166,7 +167,9 @@ function taskContext(
   });
   const publishMetadata = metadata.clone();
   if (deps.config.region) publishMetadata.set('x-buildbuddy-executor-region', deps.config.region);
-  const logger = taskLogger.child({ actionDigest: `${actionDigest.hash}/${actionDigest.size_bytes}` });
+  const logger = taskLogger.child({
+    action_digest: digestKey(actionDigest),
+  });
   return {
     task,
     reservation,
@@ -203,4 +206,3 @@ function toGrpcError(err: unknown): GrpcError {
   const code = codeOf(err);
   return new GrpcError(code === Code.UNKNOWN ? Code.INTERNAL : code, messageOf(err));
 }
-

@@ -4,7 +4,7 @@ import type * as grpc from '@grpc/grpc-js';
 
 import { createCasClients } from '../cas/client.js';
 import type { Config } from '../config.js';
-import { unavailable } from '../errors.js';
+import { invalidArgument, messageOf, unavailable } from '../errors.js';
 import { createFileCache, type FileCache } from '../filecache.js';
 import type { Identity } from '../identity.js';
 import { moduleLogger, silentLogger, type Logger } from '../log.js';
@@ -12,11 +12,7 @@ import { grpcPackage, type ExecutionClient, type SchedulerClient } from '../prot
 import { createNoneRunner } from '../runner/none.js';
 import type { Runner } from '../runner/runner.js';
 import { runAttempt, type AttemptDeps, type AttemptOutcome } from './attempt.js';
-import {
-  connectToScheduler,
-  executionNode,
-  type SchedulerConnection,
-} from './scheduler-client.js';
+import { connectToScheduler, executionNode, type SchedulerConnection } from './scheduler-client.js';
 import { clientSettings, createClient, parseTarget } from './target.js';
 import { createTaskExecutor, type TaskExecutor } from './task.js';
 import { withCacheCheck } from './task-cache-check.js';
@@ -68,6 +64,12 @@ export async function startExecutor(opts: ExecutorOptions): Promise<Executor> {
   const e = opts.config.executor;
   const logger = opts.logger ?? silentLogger;
   const runners = opts.runners ?? [createNoneRunner({ logger })];
+  const isolation = e.default_isolation_type;
+  if (isolation && !runners.some((r) => r.isolation === isolation))
+    throw invalidArgument(
+      `executor.default_isolation_type is "${isolation}", but this executor only runs ` +
+        `${runners.map((r) => `"${r.isolation}"`).join(', ')}: change or remove the setting`,
+    );
 
   // Local state: the build root and the file cache.
   await mkdir(e.root_directory, { recursive: true });
@@ -210,8 +212,7 @@ class RunningExecutor implements Executor {
     if (this.draining) return;
     this.draining = true;
     try {
-      for (let claim = this.queue.take(); claim; claim = this.queue.take())
-        this.start(claim);
+      for (let claim = this.queue.take(); claim; claim = this.queue.take()) this.start(claim);
     } finally {
       this.draining = false;
     }
@@ -220,6 +221,7 @@ class RunningExecutor implements Executor {
   private start(claim: TaskClaim): void {
     const attempt = runAttempt(claim.reservation, this.deps)
       .then((outcome) => this.count(outcome))
+      .catch((err) => this.logger.error({ err: messageOf(err) }, 'Task attempt crashed'))
       .finally(() => {
         this.running.delete(attempt);
         claim.release();

@@ -41,6 +41,8 @@ export interface LeaseOptions {
   executorHostname: string;
   /** `executor.enable_lease_reconnect`: re-claim with the reconnect token after UNAVAILABLE/INTERNAL. */
   reconnect?: boolean;
+  /** Gives up a claim still waiting for the scheduler (executor stopping). */
+  signal?: AbortSignal;
   logger?: Logger;
 }
 
@@ -70,12 +72,17 @@ export async function leaseTask(opts: LeaseOptions): Promise<TaskLease | undefin
   const logger = opts.logger ?? silentLogger;
   const channel = new LeaseChannel(opts);
   let first: LeaseTaskResponse__Output;
+  const giveUp = () => channel.cancel();
+  opts.signal?.addEventListener('abort', giveUp);
   try {
+    if (opts.signal?.aborted) throw opts.signal.reason;
     first = await channel.claim('');
   } catch (err) {
     if (codeOf(err) !== Code.NOT_FOUND) throw wrap(err, `Failed to lease task "${opts.taskId}"`);
-    logger.debug({ taskId: opts.taskId, reason: messageOf(err) }, 'Task taken by someone else');
+    logger.debug({ task_id: opts.taskId, reason: messageOf(err) }, 'Task taken by someone else');
     return undefined;
+  } finally {
+    opts.signal?.removeEventListener('abort', giveUp);
   }
   const lease = new KeptLease(opts, channel, first, logger);
   let task: ExecutionTask__Output;
@@ -83,7 +90,9 @@ export async function leaseTask(opts: LeaseOptions): Promise<TaskLease | undefin
     task = decodeTask(first.serialized_task);
   } catch (err) {
     await lease.close();
-    throw internal(`Failed to decode the task "${opts.taskId}" from the scheduler: ${messageOf(err)}`);
+    throw internal(
+      `Failed to decode the task "${opts.taskId}" from the scheduler: ${messageOf(err)}`,
+    );
   }
   lease.start(task);
   return lease;
@@ -195,12 +204,14 @@ class KeptLease implements TaskLease {
       ? { re_enqueue: true, re_enqueue_reason: statusOf(reEnqueueReason) }
       : { finalize: true };
     const request = { task_id: this.opts.taskId, executor_id: this.opts.executorId, ...fields };
-    const clean = this.signal.aborted ? false : await this.channel.finish(request).catch(() => false);
+    const clean = this.signal.aborted
+      ? false
+      : await this.channel.finish(request).catch(() => false);
     this.channel.cancel();
     if (clean) return;
-    this.logger.warn({ taskId: this.opts.taskId }, 'Lease did not close cleanly; re-enqueuing');
+    this.logger.warn({ task_id: this.opts.taskId }, 'Lease did not close cleanly; re-enqueuing');
     await this.reEnqueue(reEnqueueReason ? messageOf(reEnqueueReason) : '').catch((err) =>
-      this.logger.warn({ taskId: this.opts.taskId, err: messageOf(err) }, 'ReEnqueueTask failed'),
+      this.logger.warn({ task_id: this.opts.taskId, err: messageOf(err) }, 'ReEnqueueTask failed'),
     );
   }
 
@@ -223,7 +234,7 @@ class KeptLease implements TaskLease {
     } catch (err) {
       if (this.closed) return;
       if (!(this.opts.reconnect ?? true) || !isReconnectable(err)) throw err;
-      this.logger.debug({ taskId: this.opts.taskId, err: messageOf(err) }, 'Reconnecting lease');
+      this.logger.debug({ task_id: this.opts.taskId, err: messageOf(err) }, 'Reconnecting lease');
       this.update(await this.reconnect(err));
     }
   }
@@ -252,7 +263,10 @@ class KeptLease implements TaskLease {
     if (this.closed) return;
     this.channel.cancel();
     const reason = wrap(err, `Lost the lease on task "${this.opts.taskId}"`);
-    this.logger.warn({ taskId: this.opts.taskId, err: reason.message }, 'Lease lost; aborting task');
+    this.logger.warn(
+      { task_id: this.opts.taskId, err: reason.message },
+      'Lease lost; aborting task',
+    );
     this.controller.abort(reason);
   }
 

@@ -122,7 +122,13 @@ export async function createOutputParents(
   const dirs = new Set(paths.map((p) => (p.includes('/') ? p.slice(0, p.lastIndexOf('/')) : '')));
   for (const d of legacyDirectories) dirs.add(d);
   dirs.delete('');
+  if (dirs.size === 0) return;
   const root = await realpath(inputRoot);
+  const realWorkingDir = await realpath(workingDir).catch(() => undefined);
+  if (realWorkingDir === undefined || !isInside(root, realWorkingDir))
+    throw invalidArgument(
+      `Invalid working directory "${command.working_directory}": it is not a directory of the input root`,
+    );
   for (const d of dirs) await mkdirInside(root, workingDir, d);
 }
 
@@ -150,9 +156,10 @@ async function mkdirInside(root: string, base: string, relPath: string): Promise
 
 /**
  * Collects the outputs of a finished action from `workingDir`, uploads
- * every blob they need (file contents, Tree blobs, and Directory blobs when
- * the output directory format asks) with one FindMissingBlobs and only the
- * missing blobs sent, and returns the ActionResult fields.
+ * the blobs they need that the CAS lacks (file contents streamed from disk,
+ * Tree blobs, and Directory blobs when the output directory format asks),
+ * and returns the ActionResult fields. Only blobs FindMissingBlobs reports
+ * missing are sent, and count in stats.bytesUploaded.
  *
  * Nothing is followed: an output path that is a symlink is reported as a
  * symlink with its target as written, and symlinks inside output
@@ -179,21 +186,24 @@ export async function collectOutputs(opts: {
   const log = moduleLogger(opts.logger ?? silentLogger, 'outputs');
   const format = opts.outputDirectoryFormat ?? opts.command.output_directory_format;
   const requested = new Set(opts.command.output_node_properties);
-  const root = await realpath(opts.inputRoot ?? opts.workingDir);
+  const root = await realpath(opts.inputRoot ?? opts.workingDir).catch((err) => {
+    throw internal(`Failed to collect outputs: ${messageOf(err)}`);
+  });
   const declared = outputPathsOf(opts.command);
   const result: CollectedOutputs = emptyOutputs();
   const blobs: Blob[] = [];
   const files: LocalFile[] = [];
 
   // Inspect every declared path and build what it needs.
+  const ctx: CollectContext = {
+    workingDir: opts.workingDir,
+    root,
+    declared,
+    requested,
+    withDirectories: format !== 'TREE_ONLY',
+  };
   for (const path of declared.paths) {
-    const collected = await collectOne(path, {
-      workingDir: opts.workingDir,
-      root,
-      declared,
-      requested,
-      withDirectories: format !== 'TREE_ONLY',
-    }).catch((err) => {
+    const collected = await collectOne(path, ctx).catch((err) => {
       if (err instanceof GrpcError) throw err;
       throw internal(`Failed to collect output "${path}": ${messageOf(err)}`);
     });

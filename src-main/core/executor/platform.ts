@@ -65,7 +65,13 @@ export function parseMilliCpu(text: string): number {
   return Math.round(milli ? number : number * 1000);
 }
 
-const MEMORY_UNITS: Record<string, number> = { '': 1, k: 2 ** 10, m: 2 ** 20, g: 2 ** 30, t: 2 ** 40 };
+const MEMORY_UNITS: Record<string, number> = {
+  '': 1,
+  k: 2 ** 10,
+  m: 2 ** 20,
+  g: 2 ** 30,
+  t: 2 ** 40,
+};
 
 /**
  * `EstimatedMemory`: bytes or binary units, case-insensitive, with an

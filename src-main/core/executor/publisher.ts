@@ -127,7 +127,8 @@ class StreamPublisher implements OperationPublisher {
     try {
       await write(this.call, operation);
     } catch (err) {
-      if (!isRetryable(err)) throw unavailable(`Failed to publish the operation: ${messageOf(err)}`);
+      if (!isRetryable(err))
+        throw unavailable(`Failed to publish the operation: ${messageOf(err)}`);
       await this.retry(err, false);
     }
   }
@@ -180,7 +181,9 @@ class StreamPublisher implements OperationPublisher {
 /** Writes a message; rejects if the call ends first (it failed, or the server ended it early). */
 function write(call: PublishCall, operation: Operation): Promise<void> {
   return new Promise((resolve, reject) => {
-    call.finished.then((err) => reject(err ?? unavailable('The scheduler ended the publish stream')));
+    call.finished.then((err) =>
+      reject(err ?? unavailable('The scheduler ended the publish stream')),
+    );
     call.stream.write(operation, (err?: Error | null) => (err ? reject(err) : resolve()));
   });
 }

@@ -152,12 +152,13 @@ class RegistrationStream implements SchedulerConnection {
     this.send({ shutting_down_request: { task_id: queuedTaskIds } });
     stream.end();
     await new Promise<void>((resolve) => {
-      const timer = setTimeout(resolve, SHUTDOWN_CLOSE_TIMEOUT_MS);
-      stream.once('close', resolve);
-      stream.once('status', () => {
+      const done = () => {
         clearTimeout(timer);
         resolve();
-      });
+      };
+      const timer = setTimeout(done, SHUTDOWN_CLOSE_TIMEOUT_MS);
+      stream.once('status', done);
+      stream.once('error', done);
     });
     stream.cancel();
     this.up = false;
@@ -199,7 +200,10 @@ class RegistrationStream implements SchedulerConnection {
         throw new Error('Received a RegisterAndStreamWorkResponse with no known field set');
       }
     } catch (err) {
-      this.logger.warn({ err: messageOf(err) }, 'Failed to handle a scheduler message; reconnecting');
+      this.logger.warn(
+        { err: messageOf(err) },
+        'Failed to handle a scheduler message; reconnecting',
+      );
       stream.cancel();
     }
   }

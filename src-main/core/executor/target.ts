@@ -62,9 +62,7 @@ export function clientSettings(target: GrpcTarget): {
   credentials: grpc.ChannelCredentials;
   options: grpc.ClientOptions;
 } {
-  const credentials = target.tls
-    ? grpc.credentials.createSsl()
-    : grpc.credentials.createInsecure();
+  const credentials = target.tls ? grpc.credentials.createSsl() : grpc.credentials.createInsecure();
   const interceptors = target.authorization ? [authorizationInterceptor(target.authorization)] : [];
   return { credentials, options: { ...CHANNEL_OPTIONS, interceptors } };
 }

@@ -297,7 +297,10 @@ class PriorityTaskQueue implements TaskQueue {
     try {
       for (let head = this.head(); head !== undefined; head = this.head()) {
         if (await this.opts.taskExists!(head)) return;
-        this.logger.debug({ taskId: head.request.task_id }, 'Dropped a reservation for a gone task');
+        this.logger.debug(
+          { taskId: head.request.task_id },
+          'Dropped a reservation for a gone task',
+        );
         this.remove(head.request.task_id);
       }
     } catch (err) {

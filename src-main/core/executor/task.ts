@@ -111,6 +111,7 @@ class Pipeline implements TaskExecutor {
     const action = task.action;
     const command = task.command;
     if (!action || !command) throw invalidArgument('The task has no Action or Command');
+    checkDigestFunction(task);
     const inputRootDigest = checkDigest(action.input_root_digest);
     checkCommand(command);
     const runner = this.selectRunner(ctx.platform);
@@ -157,6 +158,7 @@ class Pipeline implements TaskExecutor {
     const result = await this.upload(ctx, command, workspace, workingDir, run);
     timeline.outputUploadCompleted = new Date();
 
+    // Answer with the result; a timed-out one keeps its partial outputs.
     const status = run.timedOut
       ? { code: Code.DEADLINE_EXCEEDED, message: `Command timed out after ${timeoutMs / 1000} s` }
       : { code: Code.OK, message: '' };
@@ -166,7 +168,8 @@ class Pipeline implements TaskExecutor {
   /** The runner for the task's `workload-isolation-type`, else the default. */
   private selectRunner(platform: Map<string, string>): Runner {
     const { runners, config } = this.opts;
-    const wanted = platform.get(PROPERTY.isolationType) || config.default_isolation_type;
+    const requested = platform.get(PROPERTY.isolationType)?.toLowerCase();
+    const wanted = requested || config.default_isolation_type;
     const runner = wanted ? runners.find((r) => r.isolation === wanted) : runners[0];
     if (!runner) {
       const supported = runners.map((r) => r.isolation).join(', ');
@@ -270,15 +273,19 @@ export function effectiveTimeout(
 /** Platform `termination-grace-period`, else the default, capped at the maximum. */
 export function terminationGrace(
   platform: Map<string, string>,
-  config: Pick<
-    ExecutorConfig,
-    'default_termination_grace_period' | 'max_termination_grace_period'
-  >,
+  config: Pick<ExecutorConfig, 'default_termination_grace_period' | 'max_termination_grace_period'>,
 ): number {
   const grace =
     durationProperty(platform, PROPERTY.terminationGracePeriod) ??
     config.default_termination_grace_period;
   return Math.max(0, Math.min(grace, config.max_termination_grace_period));
+}
+
+/** SHA-256 is the one digest function the executor verifies blobs with. */
+function checkDigestFunction(task: ExecutionTask__Output): void {
+  const fn = task.execute_request?.digest_function ?? 'UNKNOWN';
+  if (fn !== 'UNKNOWN' && fn !== 'SHA256')
+    throw invalidArgument(`Digest function ${fn} is not supported: use SHA256`);
 }
 
 /** Output paths and the working directory must stay inside the input root. */

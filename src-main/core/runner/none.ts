@@ -1,7 +1,7 @@
 import { spawn, type ChildProcess } from 'node:child_process';
 import { appendFile, open, stat, type FileHandle } from 'node:fs/promises';
 import { constants as osConstants, setPriority } from 'node:os';
-import { failedPrecondition, invalidArgument, wrap } from '../errors.js';
+import { failedPrecondition, internal, invalidArgument, messageOf } from '../errors.js';
 import { moduleLogger, silentLogger, type Logger } from '../log.js';
 import { resolveArgv0 } from './argv0.js';
 import { sampleProcessTree, signalProcessGroup, signalProcessTree } from './proctree.js';
@@ -45,8 +45,8 @@ async function runCommand(req: RunRequest, logger: Logger): Promise<RunResult> {
   await checkRequest(req);
   const env = Object.fromEntries(req.environment.map((v) => [v.name, v.value]));
   const [stdout, stderr] = await openStdio(req);
-  let child: ChildProcess;
   const startTime = new Date();
+  let finished: Promise<RunResult>;
   try {
     // Resolve argv[0] on the action's PATH; an unknown command is a result.
     const argv0 = await resolveArgv0(req.arguments[0], req.workingDirectory, env.PATH);
@@ -57,31 +57,33 @@ async function runCommand(req: RunRequest, logger: Logger): Promise<RunResult> {
     if (req.signal?.aborted) return { ...notStarted(128 + 9, startTime), aborted: true };
 
     // Start it in its own process group, writing straight into the files.
-    child = spawn(argv0.path, req.arguments.slice(1), {
+    // Supervision starts before the next await so that no exit is missed.
+    const child = spawn(argv0.path, req.arguments.slice(1), {
       argv0: req.arguments[0],
       cwd: req.workingDirectory,
       env,
       stdio: ['ignore', stdout.fd, stderr.fd],
       detached: true,
     });
+    lowerPriority(child);
+    finished = supervise(child, req, startTime, logger);
   } catch (err) {
     return startFailed(req, err, startTime);
   } finally {
     await Promise.all([stdout.close(), stderr.close()]);
   }
-  lowerPriority(child);
-  logger.debug({ pid: child.pid, argv0: req.arguments[0] }, 'Command started');
-  const result = await supervise(child, req, startTime);
-  logger.debug(
-    { pid: child.pid, exitCode: result.exitCode, signal: result.signal, timedOut: result.timedOut },
-    'Command finished',
-  );
-  return result;
+  return finished;
 }
 
 async function checkRequest(req: RunRequest): Promise<void> {
   if (req.arguments.length === 0) throw invalidArgument('Command has no arguments');
   if (!(req.timeoutMs > 0)) throw invalidArgument(`Timeout "${req.timeoutMs}" ms is not positive`);
+  if (req.arguments.some((a) => a.includes('\0')))
+    throw invalidArgument('Command arguments must not contain NUL characters');
+  for (const { name, value } of req.environment) {
+    if (name === '' || name.includes('=') || name.includes('\0') || value.includes('\0'))
+      throw invalidArgument(`Environment variable "${name}" is not a valid name=value pair`);
+  }
   const isDir = await stat(req.workingDirectory).then(
     (s) => s.isDirectory(),
     () => false,
@@ -92,11 +94,11 @@ async function checkRequest(req: RunRequest): Promise<void> {
 
 async function openStdio(req: RunRequest): Promise<[FileHandle, FileHandle]> {
   const stdout = await open(req.stdoutPath, 'w').catch((err) => {
-    throw wrap(err, `Failed to create stdout file "${req.stdoutPath}"`);
+    throw internal(`Failed to create stdout file "${req.stdoutPath}": ${messageOf(err)}`);
   });
   const stderr = await open(req.stderrPath, 'w').catch(async (err) => {
     await stdout.close();
-    throw wrap(err, `Failed to create stderr file "${req.stderrPath}"`);
+    throw internal(`Failed to create stderr file "${req.stderrPath}": ${messageOf(err)}`);
   });
   return [stdout, stderr];
 }
@@ -132,32 +134,44 @@ async function startFailed(req: RunRequest, err: unknown, startTime: Date): Prom
  * once), sampling resource use meanwhile, and kills what is left of the
  * process group at the end.
  */
-function supervise(child: ChildProcess, req: RunRequest, startTime: Date): Promise<RunResult> {
+function supervise(
+  child: ChildProcess,
+  req: RunRequest,
+  startTime: Date,
+  logger: Logger,
+): Promise<RunResult> {
   return new Promise((resolve) => {
     const pgid = child.pid;
+    logger.debug({ pid: pgid, argv0: req.arguments[0] }, 'Command started');
     let timedOut = false;
     let aborted = false;
+    let settled = false;
     let graceTimer: NodeJS.Timeout | undefined;
     const usage = pgid === undefined ? undefined : sampleUsage(pgid);
+    const killTree = (signal: NodeJS.Signals) => {
+      if (pgid !== undefined) void signalProcessTree(pgid, signal, () => !settled);
+    };
 
     const timer = setTimeout(() => {
       timedOut = true;
-      if (pgid !== undefined) void signalProcessTree(pgid, 'SIGTERM');
-      graceTimer = setTimeout(() => {
-        if (pgid !== undefined) void signalProcessTree(pgid, 'SIGKILL');
-      }, req.terminationGraceMs);
+      killTree('SIGTERM');
+      graceTimer = setTimeout(() => killTree('SIGKILL'), req.terminationGraceMs);
     }, req.timeoutMs);
     const onAbort = () => {
       aborted = true;
-      if (pgid !== undefined) void signalProcessTree(pgid, 'SIGKILL');
+      killTree('SIGKILL');
     };
     req.signal?.addEventListener('abort', onAbort, { once: true });
 
     const finish = (result: RunResult) => {
+      if (settled) return;
+      settled = true;
       clearTimeout(timer);
       clearTimeout(graceTimer);
       req.signal?.removeEventListener('abort', onAbort);
       if (pgid !== undefined) signalProcessGroup(pgid, 'SIGKILL');
+      const { exitCode, signal } = result;
+      logger.debug({ pid: pgid, exitCode, signal, timedOut, aborted }, 'Command finished');
       resolve({ ...result, timedOut, aborted, ...usage?.stop() });
     };
     child.once('error', (err) => {

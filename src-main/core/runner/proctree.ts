@@ -64,7 +64,11 @@ async function listProcesses(): Promise<ProcStat[]> {
 export async function processTree(pgid: number): Promise<ProcStat[]> {
   const all = await listProcesses();
   const children = new Map<number, ProcStat[]>();
-  for (const p of all) children.set(p.ppid, [...(children.get(p.ppid) ?? []), p]);
+  for (const p of all) {
+    const siblings = children.get(p.ppid);
+    if (siblings) siblings.push(p);
+    else children.set(p.ppid, [p]);
+  }
   const found = new Map<number, ProcStat>();
   const queue = all.filter((p) => p.pgrp === pgid);
   while (queue.length > 0) {
@@ -86,11 +90,16 @@ function kill(pid: number, signal: NodeJS.Signals): void {
 
 /**
  * Sends signal to process group pgid and to the descendants of its members
- * that left the group. The group is signalled first so that a member cannot
- * escape between the /proc scan and the kill.
+ * that left the group. Nothing is sent when stillRunning() turns false
+ * during the /proc scan (the group's id may be reused once it is gone).
  */
-export async function signalProcessTree(pgid: number, signal: NodeJS.Signals): Promise<void> {
+export async function signalProcessTree(
+  pgid: number,
+  signal: NodeJS.Signals,
+  stillRunning: () => boolean = () => true,
+): Promise<void> {
   const tree = await processTree(pgid);
+  if (!stillRunning()) return;
   kill(-pgid, signal);
   for (const p of tree) if (p.pgrp !== pgid) kill(p.pid, signal);
 }

@@ -66,8 +66,14 @@ async function getActionResult(
   return inline(stores.blobStore, result, req);
 }
 
-/** The first referenced blob absent from the CAS, as "hash/size", if any. */
-function missingReference(store: BlobStore, result: ActionResult__Output): string | undefined {
+/**
+ * The first blob an ActionResult references that is absent from the CAS, as
+ * "hash/size", if any. A result with a missing blob is not a usable cache hit.
+ */
+export function missingReference(
+  store: BlobStore,
+  result: ActionResult__Output,
+): string | undefined {
   for (const d of referencedDigests(result)) {
     let digest: BlobDigest;
     try {

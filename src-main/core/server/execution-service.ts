@@ -1,3 +1,4 @@
+import { missingReference } from './ac-service.js';
 import type * as grpc from '@grpc/grpc-js';
 
 import type { ActionCacheStore, BlobStore } from '../cas/types.js';
@@ -118,7 +119,7 @@ async function execute(opts: ExecutionServiceOptions, call: ExecuteCall): Promis
   // Answer from the Action Cache unless the client asked not to.
   if (!req.skip_cache_lookup) {
     const cached = await opts.actionCache.get(actionDigest);
-    if (cached !== undefined && outputsPresent(opts.blobs, cached)) {
+    if (cached !== undefined && missingReference(opts.blobs, cached) === undefined) {
       // Remembered like any execution, so WaitExecution on its name answers.
       const op = cachedOperation(req.instance_name, actionDigest, cached);
       opts.executions.create({ id: op.name!, actionDigest, cacheable: false });
@@ -213,25 +214,6 @@ function requestMetadataOf(metadata: grpc.Metadata): RequestMetadata__Output | n
     return { ...decoded, tool_details: null };
   } catch {
     return null;
-  }
-}
-
-/**
- * True when every blob an ActionResult references is in the CAS, so a cache
- * hit is usable; otherwise the action runs again.
- */
-function outputsPresent(blobs: BlobStore, result: ActionResult__Output): boolean {
-  const referenced = [
-    result.stdout_digest,
-    result.stderr_digest,
-    ...result.output_files.map((f) => f.digest),
-    ...result.output_directories.map((d) => d.tree_digest),
-  ];
-  try {
-    const digests = referenced.filter((d) => d != null && d.hash !== '').map((d) => checkDigest(d));
-    return blobs.findMissing(digests).length === 0;
-  } catch {
-    return false;
   }
 }
 

@@ -150,7 +150,8 @@ describe('task lease', () => {
     const log = scriptLease(fake, (req, call, stream, n) => {
       if (stream === 0 && n === 1)
         call.emit('error', { code: grpc.status.UNAVAILABLE, details: 'server is shutting down' });
-      else if (stream === 1 && n === 0) call.write({ lease_duration_seconds: 1, lease_id: 'lease-1' });
+      else if (stream === 1 && n === 0)
+        call.write({ lease_duration_seconds: 1, lease_id: 'lease-1' });
       else standardAnswer(req, call, stream, n);
     });
     const lease = await leaseTask(options);

@@ -273,6 +273,15 @@ describe('checkOutputPaths', () => {
 });
 
 describe('createOutputParents', () => {
+  test('a working directory missing from the input root is INVALID_ARGUMENT', async () => {
+    const c = command({ working_directory: 'nowhere', output_paths: ['a/b'] });
+
+    const err = await createOutputParents(c, join(wd, 'nowhere'), wd).catch((e) => e);
+
+    assert.equal(err.code, Code.INVALID_ARGUMENT);
+    assert.match(err.message, /working directory "nowhere"/);
+  });
+
   test('creates output parents and legacy output directories', async () => {
     await createOutputParents(
       command({ output_files: ['a/b/file'], output_directories: ['c/d'] }),

@@ -127,7 +127,10 @@ export function stageOf(op: Operation__Output): string | undefined {
 
 /** The ExecutionProgress state an EXECUTING Operation carries, if any. */
 export function progressOf(op: Operation__Output): string | undefined {
-  const metadata = unpackAny('build.bazel.remote.execution.v2.ExecuteOperationMetadata', op.metadata);
+  const metadata = unpackAny(
+    'build.bazel.remote.execution.v2.ExecuteOperationMetadata',
+    op.metadata,
+  );
   const progress = metadata?.partial_execution_metadata?.auxiliary_metadata ?? [];
   return progress
     .map((any) => unpackAny('build.bazel.remote.execution.v2.ExecutionProgress', any))

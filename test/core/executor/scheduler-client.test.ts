@@ -97,7 +97,9 @@ describe('scheduler connection', () => {
     const registrations = await fake.waitFor((r) => r.register_executor_request !== null, 4);
     const elapsed = Date.now() - start;
     assert.ok(elapsed >= 100 && elapsed < 1000, `4 registrations took ${elapsed} ms`);
-    const lengths = registrations.map((r) => r.register_executor_request!.node!.current_queue_length);
+    const lengths = registrations.map(
+      (r) => r.register_executor_request!.node!.current_queue_length,
+    );
     assert.deepEqual(lengths.slice(0, 4), [0, 1, 2, 3]);
     await connection.shutdown([]);
   });
@@ -120,7 +122,9 @@ describe('scheduler connection', () => {
   test('reconnects and re-registers after the scheduler drops the stream', async () => {
     const connection = connect();
     await fake.waitFor((r) => r.register_executor_request !== null);
-    fake.work()!.emit('error', { code: grpc.status.UNAVAILABLE, details: 'server is shutting down' });
+    fake
+      .work()!
+      .emit('error', { code: grpc.status.UNAVAILABLE, details: 'server is shutting down' });
     await sleep(10);
     assert.equal(connection.connected(), false);
     await fake.waitFor((r) => r.register_executor_request !== null, 2);

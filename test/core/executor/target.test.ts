@@ -13,11 +13,17 @@ describe('parseTarget', () => {
   });
 
   test('grpc with a port is plaintext', () => {
-    assert.deepEqual(parseTarget('grpc://127.0.0.1:1985'), { address: '127.0.0.1:1985', tls: false });
+    assert.deepEqual(parseTarget('grpc://127.0.0.1:1985'), {
+      address: '127.0.0.1:1985',
+      tls: false,
+    });
   });
 
   test('a target without a scheme is treated as grpcs', () => {
-    assert.deepEqual(parseTarget('bb.example.com:1986'), { address: 'bb.example.com:1986', tls: true });
+    assert.deepEqual(parseTarget('bb.example.com:1986'), {
+      address: 'bb.example.com:1986',
+      tls: true,
+    });
   });
 
   test('userinfo becomes authorization metadata and leaves the address', () => {
@@ -33,7 +39,10 @@ describe('parseTarget', () => {
   });
 
   test('unix sockets pass through as plaintext', () => {
-    assert.deepEqual(parseTarget('unix:///run/bb.sock'), { address: 'unix:///run/bb.sock', tls: false });
+    assert.deepEqual(parseTarget('unix:///run/bb.sock'), {
+      address: 'unix:///run/bb.sock',
+      tls: false,
+    });
   });
 
   test('an unknown scheme or an empty target is INVALID_ARGUMENT', () => {

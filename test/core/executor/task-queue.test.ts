@@ -40,7 +40,8 @@ function reservation(
 
 function takeAll(queue: TaskQueue): string[] {
   const ids: string[] = [];
-  for (let claim = queue.take(); claim; claim = queue.take()) ids.push(claim.reservation.request.task_id);
+  for (let claim = queue.take(); claim; claim = queue.take())
+    ids.push(claim.reservation.request.task_id);
   return ids;
 }
 

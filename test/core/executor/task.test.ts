@@ -7,9 +7,28 @@ import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { after, before, describe, test } from 'node:test';
 
-import { Code } from '../../../src-main/core/errors.js';
+import type { ContentStore } from '../../../src-main/core/cas/types.js';
+import { Code, GrpcError } from '../../../src-main/core/errors.js';
+import { shouldRetry } from '../../../src-main/core/executor/attempt.js';
 import { startExecutor, type Executor } from '../../../src-main/core/executor/executor.js';
-import { unpackAny } from '../../../src-main/core/proto/index.js';
+import {
+  parseMemoryBytes,
+  parseMilliCpu,
+  taskPlatform,
+} from '../../../src-main/core/executor/platform.js';
+import {
+  effectiveTimeout,
+  terminationGrace,
+  type TaskContext,
+  type TaskExecutor,
+} from '../../../src-main/core/executor/task.js';
+import { withCacheCheck } from '../../../src-main/core/executor/task-cache-check.js';
+import { silentLogger } from '../../../src-main/core/log.js';
+import {
+  unpackAny,
+  type ActionResult__Output,
+  type ExecutionTask__Output,
+} from '../../../src-main/core/proto/index.js';
 import { startServer, type EmbeddedServer } from '../../../src-main/core/server/server.js';
 import { testConfig, testIdentity } from './executor-harness.js';
 import { progressOf, ReapiClient, stageOf } from './reapi-client.js';
@@ -112,7 +131,11 @@ describe('task pipeline', () => {
     const { operations, response } = await client.execute(action);
     assert.equal(response.status?.code, Code.INVALID_ARGUMENT);
     assert.match(response.status!.message, /\.\.\/escape/);
-    assert.deepEqual(operations.map(progressOf).filter(Boolean), [], 'nothing was downloaded or run');
+    assert.deepEqual(
+      operations.map(progressOf).filter(Boolean),
+      [],
+      'nothing was downloaded or run',
+    );
   });
 
   test('a missing input blob is FAILED_PRECONDITION with a MISSING violation', async () => {
@@ -156,5 +179,139 @@ describe('task pipeline', () => {
     assert.equal(snapshot.active, 0);
     assert.equal(snapshot.completed, 2, 'the success and the non-zero exit');
     assert.equal(snapshot.failed, 5, 'the timeout and four rejected actions');
+  });
+});
+
+describe('task rules', () => {
+  const CONFIG = {
+    default_task_timeout: 8 * 3_600_000,
+    max_task_timeout: 24 * 3_600_000,
+    default_termination_grace_period: 0,
+    max_termination_grace_period: 60_000,
+  };
+
+  test('the timeout comes from the Action, else the platform, else the config', () => {
+    const platform = new Map([['default-timeout', '15m']]);
+    assert.equal(effectiveTimeout(5_000, platform, CONFIG), 5_000);
+    assert.equal(effectiveTimeout(0, platform, CONFIG), 900_000);
+    assert.equal(effectiveTimeout(0, new Map(), CONFIG), 8 * 3_600_000);
+  });
+
+  test('a timeout above max_task_timeout or a malformed default-timeout is INVALID_ARGUMENT', () => {
+    const isInvalid = (err: unknown) => (err as GrpcError).code === Code.INVALID_ARGUMENT;
+    assert.throws(() => effectiveTimeout(25 * 3_600_000, new Map(), CONFIG), isInvalid);
+    assert.throws(
+      () => effectiveTimeout(0, new Map([['default-timeout', 'soon']]), CONFIG),
+      isInvalid,
+    );
+  });
+
+  test('the termination grace period is capped at the maximum', () => {
+    assert.equal(terminationGrace(new Map([['termination-grace-period', '10s']]), CONFIG), 10_000);
+    assert.equal(terminationGrace(new Map([['termination-grace-period', '1h']]), CONFIG), 60_000);
+    assert.equal(terminationGrace(new Map(), CONFIG), 0);
+  });
+
+  test('platform properties: Action over Command, overrides over both, names lower-cased', () => {
+    const task = {
+      action: { platform: { properties: [{ name: 'OSFamily', value: ' linux ' }] } },
+      command: { platform: { properties: [{ name: 'Pool', value: 'ignored' }] } },
+      platform_overrides: { properties: [{ name: 'osfamily', value: 'darwin' }] },
+    } as unknown as ExecutionTask__Output;
+    assert.deepEqual([...taskPlatform(task)], [['osfamily', 'darwin']]);
+  });
+
+  test('EstimatedCPU and EstimatedMemory parse as BuildBuddy writes them', () => {
+    assert.equal(parseMilliCpu('2'), 2000);
+    assert.equal(parseMilliCpu('0.5'), 500);
+    assert.equal(parseMilliCpu('4000m'), 4000);
+    assert.equal(parseMemoryBytes('2GB'), 2 * 2 ** 30);
+    assert.equal(parseMemoryBytes('1M'), 2 ** 20);
+    assert.equal(parseMemoryBytes('4096'), 4096);
+    assert.throws(() => parseMemoryBytes('lots'));
+  });
+
+  test('errors are retried only for non-Bazel clients and retryable codes', () => {
+    const bazel = { task: { command: { arguments: ['gcc'] } }, platform: new Map() };
+    const ci = {
+      task: { command: { arguments: ['./buildbuddy_ci_runner'] } },
+      platform: new Map(),
+    };
+    const gha = { ...bazel, platform: new Map([['github-actions-runner-labels', 'x']]) };
+    const noRetry = { ...ci, platform: new Map([['retry', 'false']]) };
+    const err = (code: Code) => new GrpcError(code, 'x');
+    const ctx = (c: object) => c as Parameters<typeof shouldRetry>[1];
+    assert.equal(shouldRetry(err(Code.UNAVAILABLE), ctx(bazel)), false, 'Bazel retries itself');
+    assert.equal(shouldRetry(err(Code.UNAVAILABLE), ctx(ci)), true);
+    assert.equal(shouldRetry(err(Code.INTERNAL), ctx(gha)), true);
+    assert.equal(shouldRetry(err(Code.UNAVAILABLE), ctx(noRetry)), false);
+    for (const code of [
+      Code.INVALID_ARGUMENT,
+      Code.FAILED_PRECONDITION,
+      Code.UNAUTHENTICATED,
+      Code.DEADLINE_EXCEEDED,
+    ])
+      assert.equal(shouldRetry(err(code), ctx(ci)), false, Code[code]);
+  });
+});
+
+describe('cache check', () => {
+  const ACTION = { hash: 'b'.repeat(64), size_bytes: 140 };
+  const CACHED = { exit_code: 0, stdout_raw: Buffer.from('cached') } as ActionResult__Output;
+
+  /** A context whose store answers only GetActionResult; anything else fails the test. */
+  function context(opts: { skip?: boolean; cached?: ActionResult__Output; lookupFails?: boolean }) {
+    const published: string[] = [];
+    const unexpected = () => {
+      throw new Error('unexpected ContentStore call');
+    };
+    const store: ContentStore = {
+      findMissing: unexpected,
+      read: unexpected,
+      readMany: unexpected,
+      readToFile: unexpected,
+      writeMany: unexpected,
+      getTree: unexpected,
+      getActionResult: async (digest) => {
+        assert.deepEqual(digest, ACTION);
+        if (opts.lookupFails) throw new GrpcError(Code.UNAVAILABLE, 'cache down');
+        return opts.cached;
+      },
+    };
+    const ctx = {
+      task: { execute_request: { skip_cache_lookup: opts.skip ?? false } },
+      actionDigest: ACTION,
+      store,
+      publisher: {
+        publish: async (stage: string) => void published.push(stage),
+        complete: unexpected,
+        close: unexpected,
+      },
+      logger: silentLogger,
+    } as unknown as TaskContext;
+    return { ctx, published };
+  }
+
+  const inner: TaskExecutor = { execute: async () => ({ result: { exit_code: 7 } }) };
+
+  test('a hit is answered from the Action Cache without executing', async () => {
+    const { ctx, published } = context({ cached: CACHED });
+    const response = await withCacheCheck(inner).execute(ctx);
+    assert.equal(response.cached_result, true);
+    assert.equal(response.result, CACHED);
+    assert.deepEqual(published, ['CACHE_CHECK']);
+  });
+
+  test('a miss or a failed lookup executes', async () => {
+    for (const opts of [{}, { lookupFails: true }]) {
+      const { ctx } = context(opts);
+      assert.equal((await withCacheCheck(inner).execute(ctx)).result?.exit_code, 7);
+    }
+  });
+
+  test('skip_cache_lookup skips the check entirely', async () => {
+    const { ctx, published } = context({ skip: true, cached: CACHED });
+    assert.equal((await withCacheCheck(inner).execute(ctx)).result?.exit_code, 7);
+    assert.deepEqual(published, []);
   });
 });

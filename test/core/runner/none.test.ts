@@ -75,7 +75,7 @@ async function script(path: string, body: string): Promise<void> {
   await chmod(path, 0o755);
 }
 
-describe('none runner', () => {
+describe('none runner', { timeout: 30_000 }, () => {
   test('reports exit codes 0 and 3 as results', async () => {
     const ok = await run(['/bin/sh', '-c', 'echo fine']);
     assert.equal(ok.exitCode, 0);
@@ -140,6 +140,19 @@ describe('none runner', () => {
   test('bad requests are rejected with a gRPC code', async () => {
     await assert.rejects(run([]), (err: GrpcError) => err.code === Code.INVALID_ARGUMENT);
     await assert.rejects(
+      run(['/bin/echo', 'a\0b']),
+      (err: GrpcError) => err.code === Code.INVALID_ARGUMENT,
+    );
+    await assert.rejects(
+      run(['/bin/true'], { environment: [{ name: 'A=B', value: '1' }] }),
+      (err: GrpcError) => err.code === Code.INVALID_ARGUMENT && /"A=B"/.test(err.message),
+    );
+    await assert.rejects(
+      run(['/bin/true'], { stdoutPath: join(root, 'no', 'dir', 'stdout') }),
+      (err: GrpcError) =>
+        err.code === Code.INTERNAL && /Failed to create stdout file/.test(err.message),
+    );
+    await assert.rejects(
       run(['/bin/true'], { workingDirectory: join(ws, 'missing') }),
       (err: GrpcError) =>
         err.code === Code.FAILED_PRECONDITION && /Working directory/.test(err.message),
@@ -198,6 +211,29 @@ describe('none runner', () => {
     const result = await run(['/bin/sh', '-c', `sleep 100 & echo $! > ${pid}; exit 0`]);
     assert.equal(result.exitCode, 0);
     assert.ok(await exited((await pidsIn(pid))[0]), 'background sleep was killed');
+  });
+
+  test('Commands that exit at once are all reported', { timeout: 5_000 }, async () => {
+    const runner = createNoneRunner();
+    const prepared = await runner.prepare({ rootDir: ws }, new Map());
+    const results = await Promise.all(
+      Array.from({ length: 20 }, (_, i) =>
+        prepared.run({
+          arguments: ['/bin/sh', '-c', `exit ${i}`],
+          environment: [],
+          workingDirectory: ws,
+          timeoutMs: 5_000,
+          terminationGraceMs: 100,
+          stdoutPath: join(root, `out-${i}`),
+          stderrPath: join(root, `err-${i}`),
+        }),
+      ),
+    );
+    assert.deepEqual(
+      results.map((r) => r.exitCode),
+      Array.from({ length: 20 }, (_, i) => i),
+    );
+    assert.ok(results.every((r) => !r.timedOut));
   });
 
   test('the Command runs at the lowest priority', async () => {
