@@ -2,6 +2,7 @@
 // Parses arguments, builds the stack through core/compose.ts, and turns
 // SIGINT/SIGTERM into a clean shutdown.
 import { parseArgs } from 'node:util';
+import * as grpc from '@grpc/grpc-js';
 import { createLogger } from './core/log.js';
 import { messageOf } from './core/errors.js';
 import { runCommand, USAGE, type CliOptions } from './core/compose.js';
@@ -22,11 +23,16 @@ async function main(argv: string[]): Promise<number> {
       },
     });
   } catch (err) {
-    process.stderr.write(`idlebuild: ${messageOf(err)}\n\n${USAGE}`);
+    // parseArgs explains an unknown option with advice about "--" that does
+    // not apply here; keep its first sentence.
+    const reason = messageOf(err).split('. ')[0];
+    process.stderr.write(`idlebuild: ${reason}\n\n${USAGE}`);
     return 2;
   }
   const { values, positionals } = parsed;
-  const command = positionals[0] ?? (values.help ? 'help' : values.version ? 'version' : 'help');
+  // --help and --version win over any command, so "idlebuild solo --help" only
+  // shows help.
+  const command = values.help ? 'help' : values.version ? 'version' : (positionals[0] ?? 'help');
   if (positionals.length > 1) {
     process.stderr.write(`idlebuild: unexpected argument "${positionals[1]}"\n\n${USAGE}`);
     return 2;
@@ -37,6 +43,9 @@ async function main(argv: string[]): Promise<number> {
     host: values.host,
     dataDir: values['data-dir'],
   };
+  // grpc-js prints its own error lines to stderr; Idlebuild reports the same
+  // failures in its own words. GRPC_VERBOSITY still turns them back on.
+  if (!process.env.GRPC_VERBOSITY) grpc.setLogVerbosity(grpc.logVerbosity.NONE);
   const logger = createLogger();
   return runCommand(command, options, { logger, stdout: process.stdout, stderr: process.stderr });
 }

@@ -10,6 +10,7 @@ import {
   defaultConfig,
   loadConfigFile,
   redactConfig,
+  redactTarget,
   type Config,
 } from './config.js';
 import { invalidArgument } from './errors.js';
@@ -90,6 +91,11 @@ export async function runCommand(command: string, opts: CliOptions, io: CliIo): 
 }
 
 async function runServer(opts: CliOptions, io: CliIo): Promise<number> {
+  if (opts.config) {
+    throw invalidArgument(
+      '--config configures an executor; "idlebuild server" takes only --port, --host and --data-dir',
+    );
+  }
   const dataDir = opts.dataDir ?? dataDirectory();
   const server = await startEmbeddedServer(opts, join(dataDir, 'server'), io.logger);
   const endpoint = `grpc://${server.address}`;
@@ -129,6 +135,7 @@ async function runSolo(opts: CliOptions, io: CliIo): Promise<number> {
   let executor: Executor;
   try {
     executor = await startConfiguredExecutor(config, io.logger);
+    await waitForRegistration(executor, 10_000);
   } catch (err) {
     await server.close();
     throw err;
@@ -159,7 +166,9 @@ async function runExecutor(opts: CliOptions, io: CliIo): Promise<number> {
   io.logger.info({ config: redactConfig(config) }, 'Starting executor');
   const executor = await startConfiguredExecutor(config, io.logger);
   const stop = waitForStop(io);
-  io.stdout.write(`Idlebuild executor is running against ${config.executor.app_target}.\n`);
+  io.stdout.write(
+    `Idlebuild executor is running against ${redactTarget(config.executor.app_target)}.\n`,
+  );
   await stop;
   io.stdout.write('Stopping: finishing running actions...\n');
   await executor.stop({ graceMs: Math.max(0, config.max_shutdown_duration - 5_000) });
@@ -198,6 +207,18 @@ function parsePort(value: string | undefined): number {
     throw invalidArgument(`Invalid --port "${value}": expected a number from 0 to 65535`);
   }
   return port;
+}
+
+/**
+ * Waits until the executor's registration stream is up, so that the first
+ * build after the banner finds an executor. Gives up quietly after timeoutMs:
+ * the executor keeps reconnecting on its own.
+ */
+async function waitForRegistration(executor: Executor, timeoutMs: number): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  while (!executor.snapshot().connected && Date.now() < deadline) {
+    await new Promise((resolve) => setTimeout(resolve, 20));
+  }
 }
 
 /** Resolves on the first SIGINT or SIGTERM; a second one exits at once. */

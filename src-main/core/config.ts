@@ -354,14 +354,18 @@ export function redactConfig(config: Config): Config {
   const copy = structuredClone(config);
   const e = copy.executor;
   if (e.api_key) e.api_key = '[redacted]';
-  e.app_target = redactUserinfo(e.app_target);
-  e.cache_target = redactUserinfo(e.cache_target);
+  e.app_target = redactTarget(e.app_target);
+  e.cache_target = redactTarget(e.cache_target);
   e.extra_env_vars = e.extra_env_vars.map((v) => v.replace(/=.*$/s, '=[redacted]'));
   return copy;
 }
 
-function redactUserinfo(target: string): string {
-  return target.replace(/^([A-Za-z][A-Za-z0-9+.-]*:\/\/)[^@/]*@/, '$1[redacted]@');
+/**
+ * A target URL safe to print: userinfo ("user:password@"), with or without
+ * a scheme, becomes "[redacted]@".
+ */
+export function redactTarget(target: string): string {
+  return target.replace(/^((?:[A-Za-z][A-Za-z0-9+.-]*:\/\/)?)[^@/]*@/, '$1[redacted]@');
 }
 
 /**

@@ -1,5 +1,7 @@
 import { mkdir } from 'node:fs/promises';
 
+import { removeStaleWorkspaces } from './workspace.js';
+
 import type * as grpc from '@grpc/grpc-js';
 
 import { createCasClients } from '../cas/client.js';
@@ -64,6 +66,7 @@ export async function startExecutor(opts: ExecutorOptions): Promise<Executor> {
   const e = opts.config.executor;
   const logger = opts.logger ?? silentLogger;
   const runners = opts.runners ?? [createNoneRunner({ logger })];
+  checkIsolationSettings(opts.config);
   const isolation = e.default_isolation_type;
   if (isolation && !runners.some((r) => r.isolation === isolation))
     throw invalidArgument(
@@ -71,8 +74,10 @@ export async function startExecutor(opts: ExecutorOptions): Promise<Executor> {
         `${runners.map((r) => `"${r.isolation}"`).join(', ')}: change or remove the setting`,
     );
 
-  // Local state: the build root and the file cache.
+  // Local state: the build root (without workspaces a killed executor left
+  // behind) and the file cache.
   await mkdir(e.root_directory, { recursive: true });
+  await removeStaleWorkspaces(e.root_directory, logger);
   const cache = e.disable_local_cache
     ? undefined
     : await createFileCache({
@@ -232,5 +237,24 @@ class RunningExecutor implements Executor {
   private count(outcome: AttemptOutcome): void {
     if (outcome === 'completed') this.counts.completed++;
     else if (outcome === 'failed') this.counts.failed++;
+  }
+}
+
+/**
+ * Settings that enable isolation types this version cannot provide are a
+ * startup error rather than a silent fallback to running actions unisolated.
+ */
+function checkIsolationSettings(config: Config): void {
+  const e = config.executor;
+  const unsupported = [
+    e.enable_sandbox && 'executor.enable_sandbox',
+    e.docker_socket && 'executor.docker_socket',
+    e.enable_podman && 'executor.enable_podman',
+  ].filter((key): key is string => Boolean(key));
+  if (unsupported.length > 0) {
+    throw invalidArgument(
+      `${unsupported.join(', ')}: this version of Idlebuild runs actions only with the ` +
+        '"none" isolation type; remove the setting',
+    );
   }
 }

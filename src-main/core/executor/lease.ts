@@ -79,7 +79,7 @@ export async function leaseTask(opts: LeaseOptions): Promise<TaskLease | undefin
     first = await channel.claim('');
   } catch (err) {
     if (codeOf(err) !== Code.NOT_FOUND) throw wrap(err, `Failed to lease task "${opts.taskId}"`);
-    logger.debug({ task_id: opts.taskId, reason: messageOf(err) }, 'Task taken by someone else');
+    logger.debug({ reason: messageOf(err) }, 'Task taken by someone else');
     return undefined;
   } finally {
     opts.signal?.removeEventListener('abort', giveUp);
@@ -209,9 +209,9 @@ class KeptLease implements TaskLease {
       : await this.channel.finish(request).catch(() => false);
     this.channel.cancel();
     if (clean) return;
-    this.logger.warn({ task_id: this.opts.taskId }, 'Lease did not close cleanly; re-enqueuing');
+    this.logger.warn('Lease did not close cleanly; re-enqueuing');
     await this.reEnqueue(reEnqueueReason ? messageOf(reEnqueueReason) : '').catch((err) =>
-      this.logger.warn({ task_id: this.opts.taskId, err: messageOf(err) }, 'ReEnqueueTask failed'),
+      this.logger.warn({ err: messageOf(err) }, 'ReEnqueueTask failed'),
     );
   }
 
@@ -234,7 +234,7 @@ class KeptLease implements TaskLease {
     } catch (err) {
       if (this.closed) return;
       if (!(this.opts.reconnect ?? true) || !isReconnectable(err)) throw err;
-      this.logger.debug({ task_id: this.opts.taskId, err: messageOf(err) }, 'Reconnecting lease');
+      this.logger.debug({ err: messageOf(err) }, 'Reconnecting lease');
       this.update(await this.reconnect(err));
     }
   }

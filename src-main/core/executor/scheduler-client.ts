@@ -68,6 +68,8 @@ type WorkStream = grpc.ClientDuplexStream<
 const BACKOFF_RESET_MS = 10_000;
 const TASK_EXISTS_TIMEOUT_MS = 10_000;
 const SHUTDOWN_CLOSE_TIMEOUT_MS = 2_000;
+/** How long a registration stream must stay open to count as registered. */
+const REGISTRATION_SETTLE_MS = 200;
 
 /** Opens the registration stream; it stays open (reconnecting) until shutdown(). */
 export function connectToScheduler(opts: SchedulerConnectionOptions): SchedulerConnection {
@@ -110,6 +112,7 @@ class RegistrationStream implements SchedulerConnection {
   private failures = 0;
   private openedAt = 0;
   private heartbeat: NodeJS.Timeout | undefined;
+  private upTimer: NodeJS.Timeout | undefined;
   private askTimer: NodeJS.Timeout | undefined;
   private reconnectTimer: NodeJS.Timeout | undefined;
   private readonly logger: Logger;
@@ -174,10 +177,17 @@ class RegistrationStream implements SchedulerConnection {
     stream.on('data', (res: RegisterAndStreamWorkResponse__Output) => this.onResponse(stream, res));
     stream.on('error', (err) => this.onStreamEnd(stream, err));
     stream.on('status', (status: grpc.StatusObject) => this.onStreamEnd(stream, status));
-    stream.on('metadata', () => this.markUp(stream));
 
+    // The scheduler never answers a registration, so the stream counts as up
+    // once it has stayed open briefly after the first one (a refused
+    // connection or a rejected API key ends it well within that time), or as
+    // soon as the scheduler sends anything.
     const request = { register_executor_request: { node: this.opts.node() } };
-    stream.write(request, (err?: Error) => (err ? undefined : this.markUp(stream)));
+    stream.write(request, (err?: Error) => {
+      if (err) return;
+      clearTimeout(this.upTimer);
+      this.upTimer = setTimeout(() => this.markUp(stream), REGISTRATION_SETTLE_MS);
+    });
     this.heartbeat = setInterval(() => this.register(), this.heartbeatMs);
     this.armAsk(this.askForWorkMs);
   }
@@ -255,6 +265,7 @@ class RegistrationStream implements SchedulerConnection {
   }
 
   private stopTimers(): void {
+    clearTimeout(this.upTimer);
     clearInterval(this.heartbeat);
     clearTimeout(this.askTimer);
   }

@@ -1,5 +1,6 @@
 import * as grpc from '@grpc/grpc-js';
 
+import { redactTarget } from '../config.js';
 import { invalidArgument } from '../errors.js';
 
 /**
@@ -32,11 +33,13 @@ export function parseTarget(target: string): GrpcTarget {
   try {
     url = new URL(withScheme);
   } catch {
-    throw invalidArgument(`Target "${target}" is not a valid URL such as "grpcs://host:443"`);
+    throw invalidArgument(
+      `Target "${redactTarget(target)}" is not a valid URL such as "grpcs://host:443"`,
+    );
   }
   if (!SCHEMES.has(url.protocol) || url.hostname === '')
     throw invalidArgument(
-      `Target "${target}" must look like "grpcs://host[:port]", "grpc://host:port" or "unix:///path"`,
+      `Target "${redactTarget(target)}" must look like "grpcs://host[:port]", "grpc://host:port" or "unix:///path"`,
     );
   const tls = url.protocol === 'grpcs:';
   const address = `${url.hostname}:${url.port || '443'}`;

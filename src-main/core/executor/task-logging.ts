@@ -25,17 +25,17 @@ export function withLogging(inner: TaskExecutor): TaskExecutor {
         const response = await inner.execute({ ...ctx, publisher });
         log.info(
           {
-            exitCode: response.result?.exit_code ?? 0,
+            exit_code: response.result?.exit_code ?? 0,
             status: response.status?.code ?? 0,
             cached: response.cached_result ?? false,
-            durationMs: Date.now() - started,
+            duration_ms: Date.now() - started,
           },
           'Task executed',
         );
         return response;
       } catch (err) {
-        log.info(
-          { code: codeOf(err), err: messageOf(err), durationMs: Date.now() - started },
+        log.warn(
+          { code: codeOf(err), err: messageOf(err), duration_ms: Date.now() - started },
           'Task failed',
         );
         throw err;

@@ -21,6 +21,7 @@ import {
 } from '../proto/index.js';
 import type { RunResult, Runner } from '../runner/runner.js';
 import { materializeInputRoot } from './input-tree.js';
+import { createWorkspace, type Workspace } from './workspace.js';
 import { checkOutputPaths, collectOutputs, createOutputParents } from './outputs.js';
 import { durationProperty, PROPERTY } from './platform.js';
 import { durationMs } from './proto-time.js';
@@ -89,15 +90,6 @@ export interface TaskExecutorOptions {
 /** The core pipeline: validate, input root, run, outputs. */
 export function createTaskExecutor(opts: TaskExecutorOptions): TaskExecutor {
   return new Pipeline(opts);
-}
-
-/** Paths of one task's workspace under the build root. */
-interface Workspace {
-  root: string;
-  /** The input root; the Command's working directory is relative to it. */
-  inputRoot: string;
-  stdoutPath: string;
-  stderrPath: string;
 }
 
 class Pipeline implements TaskExecutor {
@@ -292,20 +284,6 @@ function checkDigestFunction(task: ExecutionTask__Output): void {
 function checkCommand(command: Command__Output): void {
   if (command.arguments.length === 0) throw invalidArgument('Command.arguments is empty');
   checkOutputPaths(command);
-}
-
-async function createWorkspace(buildRoot: string): Promise<Workspace> {
-  const root = join(buildRoot, randomBytes(12).toString('hex'));
-  const inputRoot = join(root, 'exec');
-  const stdio = join(root, 'stdio');
-  await mkdir(inputRoot, { recursive: true });
-  await mkdir(stdio);
-  return {
-    root,
-    inputRoot,
-    stdoutPath: join(stdio, 'stdout'),
-    stderrPath: join(stdio, 'stderr'),
-  };
 }
 
 function splitPath(path: string): string[] {

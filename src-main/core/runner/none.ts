@@ -134,6 +134,18 @@ async function startFailed(req: RunRequest, err: unknown, startTime: Date): Prom
  * once), sampling resource use meanwhile, and kills what is left of the
  * process group at the end.
  */
+/**
+ * Process groups of Commands still running. If the executor exits without
+ * a clean shutdown (a second Ctrl-C, process.exit), the 'exit' hook kills
+ * them, so no action outlives the executor that ran it.
+ * Limitation: nothing can run on SIGKILL of the executor; the next start
+ * removes the workspaces, but such processes run until they end.
+ */
+const livingGroups = new Set<number>();
+process.on('exit', () => {
+  for (const pgid of livingGroups) signalProcessGroup(pgid, 'SIGKILL');
+});
+
 function supervise(
   child: ChildProcess,
   req: RunRequest,
@@ -142,6 +154,7 @@ function supervise(
 ): Promise<RunResult> {
   return new Promise((resolve) => {
     const pgid = child.pid;
+    if (pgid !== undefined) livingGroups.add(pgid);
     logger.debug({ pid: pgid, argv0: req.arguments[0] }, 'Command started');
     let timedOut = false;
     let aborted = false;
@@ -169,7 +182,10 @@ function supervise(
       clearTimeout(timer);
       clearTimeout(graceTimer);
       req.signal?.removeEventListener('abort', onAbort);
-      if (pgid !== undefined) signalProcessGroup(pgid, 'SIGKILL');
+      if (pgid !== undefined) {
+        signalProcessGroup(pgid, 'SIGKILL');
+        livingGroups.delete(pgid);
+      }
       const { exitCode, signal } = result;
       logger.debug({ pid: pgid, exitCode, signal, timedOut, aborted }, 'Command finished');
       resolve({ ...result, timedOut, aborted, ...usage?.stop() });

@@ -143,10 +143,13 @@ async function execute(opts: ExecutionServiceOptions, call: ExecuteCall): Promis
     return;
   }
 
-  // Create the task and hand it to the scheduler.
+  // Create the task and hand it to the scheduler, unless no executor could
+  // ever take it: then the client hears why at once instead of waiting.
   const id = newExecutionId(req.instance_name, actionDigest);
   const queuedAt = new Date();
   const metadata = schedulingMetadataFor(action, command, queuedAt);
+  const unschedulable = opts.scheduler.unschedulable(metadata, metadata.task_size!);
+  if (unschedulable) throw unschedulable;
   const requestMetadata = requestMetadataOf(call.metadata);
   const task: ExecutionTask = {
     execute_request: req,

@@ -1,9 +1,11 @@
-import { notFound, invalidArgument } from '../errors.js';
+import { Code, GrpcError, notFound, invalidArgument } from '../errors.js';
 import type { Logger } from '../log.js';
 import type {
   Duration,
   ExecutionNode__Output,
   RegisterAndStreamWorkResponse,
+  SchedulingMetadata,
+  TaskSize,
 } from '../proto/index.js';
 import {
   nodeFitsTask,
@@ -34,6 +36,12 @@ import {
 export interface TaskScheduler {
   /** Stores a task and reserves it on fitting executors (or keeps it queued). */
   schedule(task: NewTask): void;
+  /**
+   * Why no connected executor could ever run a task with this metadata and
+   * size (UNAVAILABLE when none is registered in its pool, RESOURCE_EXHAUSTED
+   * when none is big enough), or undefined when one could.
+   */
+  unschedulable(metadata: SchedulingMetadata, size: TaskSize): GrpcError | undefined;
   taskExists(id: string): boolean;
   /** The execution finished: the task needs no further attempt. */
   markCompleted(id: string): void;
@@ -148,6 +156,30 @@ class Scheduler implements TaskScheduler {
     this.store.add(task);
     const sent = this.reserve(this.store.get(task.id)!, PROBES_PER_TASK);
     this.log.debug({ task_id: task.id, reservations: sent }, 'Task scheduled');
+  }
+
+  unschedulable(metadata: SchedulingMetadata, size: TaskSize): GrpcError | undefined {
+    const key = taskPoolKey(metadata);
+    const inPool = [...this.executors].filter(
+      (e) => !e.leaving && samePool(nodePoolKey(e.node), key),
+    );
+    const where = `pool "${key.pool || 'default'}" with os "${key.os}" and arch "${key.arch}"`;
+    if (inPool.length === 0) {
+      return new GrpcError(
+        Code.UNAVAILABLE,
+        `No registered executors in ${where}: start an executor with that pool, OS and ` +
+          "architecture (idlebuild executor), or change the action's platform properties",
+      );
+    }
+    if (!inPool.some((e) => nodeFitsTask(e.node, size))) {
+      return new GrpcError(
+        Code.RESOURCE_EXHAUSTED,
+        `No executor in ${where} can fit a task needing ${size.estimated_milli_cpu ?? 0} ` +
+          `milli-CPU and ${size.estimated_memory_bytes ?? 0} bytes of memory: lower the ` +
+          'EstimatedCPU/EstimatedMemory platform properties or raise executor.millicpu/memory_bytes',
+      );
+    }
+    return undefined;
   }
 
   taskExists(id: string): boolean {

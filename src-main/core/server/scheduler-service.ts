@@ -87,7 +87,8 @@ function registerAndStreamWork(opts: SchedulerServiceOptions, call: WorkCall): v
       log.warn({ peer: call.getPeer() }, 'Executor rejected: missing or wrong API key');
       const err = new GrpcError(
         Code.UNAUTHENTICATED,
-        `Executor API key is missing or wrong: set the key in "${API_KEY_HEADER}"`,
+        "Executor API key is missing or wrong: set executor.api_key in the executor's " +
+          `config to the server's key (it is sent as "${API_KEY_HEADER}")`,
       );
       call.emit('error', toServiceError(err));
       return;

@@ -79,7 +79,7 @@ describe('scheduler connection', () => {
     assert.deepEqual(node.supported_isolation_types, ['none']);
     assert.equal(node.os_display_name, 'Ubuntu 24.04 LTS');
     assert.deepEqual(fake.streamMetadata[0].get('x-buildbuddy-api-key'), ['k-123']);
-    await sleep(20);
+    await sleep(250); // registered once the stream stays open for 200 ms
     assert.equal(connection.connected(), true);
     await connection.shutdown([]);
   });
@@ -126,14 +126,14 @@ describe('scheduler connection', () => {
       .work()!
       .emit('error', { code: grpc.status.UNAVAILABLE, details: 'server is shutting down' });
     await sleep(10);
-    assert.equal(connection.connected(), false);
+    assert.equal(connection.connected(), false, 'a stream that ended at once never counted as up');
     await fake.waitFor((r) => r.register_executor_request !== null, 2);
     assert.deepEqual(
       [...new Set(fake.received.map((r) => r.stream))].length,
       2,
       'the second registration came on a new stream',
     );
-    await sleep(20);
+    await sleep(250); // registered once the stream stays open for 200 ms
     assert.equal(connection.connected(), true);
     await connection.shutdown([]);
   });

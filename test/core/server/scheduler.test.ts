@@ -113,24 +113,46 @@ describe('Scheduler service', () => {
     await lease.finalize();
   });
 
-  test('executors of another pool, OS or arch, or too small, get no reservation', async () => {
+  test('an action no registered executor can run fails at once, saying why', async () => {
     const mismatched = [
       ...(await executorsOn(ts, 1, { pool: '' })),
       ...(await executorsOn(ts, 1, { pool: 'gpu', os_family: 'darwin' })),
       ...(await executorsOn(ts, 1, { pool: 'gpu', arch: 'arm64' })),
-      ...(await executorsOn(ts, 1, { pool: 'gpu', assignable_memory_bytes: 1e6 })),
     ];
     const { actionDigest } = await client.uploadAction({
       args: ['gpu'],
       platform: { Pool: 'GPU' },
     });
+    const err = await client.execute(actionDigest).closed();
+    assert.equal(err?.code, grpc.status.UNAVAILABLE);
+    assert.match(
+      err!.details,
+      /No registered executors in pool "gpu" with os "linux" and arch "amd64"/,
+    );
+
+    // An executor in the pool that is too small for the task: RESOURCE_EXHAUSTED.
+    mismatched.push(...(await executorsOn(ts, 1, { pool: 'gpu', assignable_memory_bytes: 1e6 })));
+    const tooBig = await client.execute(actionDigest).closed();
+    assert.equal(tooBig?.code, grpc.status.RESOURCE_EXHAUSTED);
+    assert.match(tooBig!.details, /can fit a task needing 600 milli-CPU and 400000000 bytes/);
+    assert.equal((await reservationsWithin(mismatched, 150)).length, 0);
+    assert.equal(ts.server.queueLength(), 0);
+  });
+
+  test('a task whose executor went away waits and goes to one that registers later', async () => {
+    const [first] = await executorsOn(ts, 1, { pool: 'gpu' });
+    const { actionDigest } = await client.uploadAction({
+      args: ['gpu2'],
+      platform: { Pool: 'GPU' },
+    });
     const ops = client.execute(actionDigest);
     const queued = await ops.next();
-    assert.equal((await reservationsWithin(mismatched, 150)).length, 0);
-    assert.equal(ts.server.queueLength(), 1);
+    assert.equal(await first.nextReservation(), queued.name);
+    first.close();
+    await waitFor(() => ts.server.queueLength() === 1);
 
     // A matching executor that registers later is offered the waiting task.
-    const [gpu] = await Promise.all([new TestExecutor(ts.address, { pool: 'gpu' })]);
+    const gpu = new TestExecutor(ts.address, { pool: 'gpu' });
     executors.push(gpu);
     assert.equal(await gpu.nextReservation(), queued.name);
     // A heartbeat does not repeat a reservation the executor holds.
@@ -388,3 +410,11 @@ describe('Scheduler service with an executor API key', () => {
     assert.ok((await right.ready()) >= 5000);
   });
 });
+
+async function waitFor(condition: () => boolean, timeoutMs = 2000): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  while (!condition()) {
+    if (Date.now() > deadline) throw new Error('Timed out waiting for a condition');
+    await new Promise((resolve) => setTimeout(resolve, 10));
+  }
+}
