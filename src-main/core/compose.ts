@@ -17,6 +17,7 @@ import { invalidArgument } from './errors.js';
 import { resolveIdentity, readVersion } from './identity.js';
 import type { Logger } from './log.js';
 import { startExecutor, type Executor } from './executor/executor.js';
+import { startMonitoring, type Monitoring } from './monitoring/monitoring.js';
 import { startServer, type EmbeddedServer } from './server/server.js';
 
 export const DEFAULT_PORT = 1985;
@@ -99,14 +100,22 @@ async function runServer(opts: CliOptions, io: CliIo): Promise<number> {
   const dataDir = opts.dataDir ?? dataDirectory();
   const server = await startEmbeddedServer(opts, join(dataDir, 'server'), io.logger);
   const endpoint = `grpc://${server.address}`;
+  const monitoring = await startMonitoring({
+    config: defaultConfig(),
+    server,
+    logger: io.logger,
+    fatalOnBindError: false,
+  });
   const stop = waitForStop(io);
   io.stdout.write(
     `Idlebuild server is ready.\n  Endpoint:  ${endpoint}\n  Data:      ${join(dataDir, 'server')}\n` +
+      metricsLine(monitoring) +
       `Connect executors with executor.app_target: ${endpoint}\n` +
       `Build with:\n  ${bazelCommand(endpoint)}\nPress Ctrl-C to stop.\n`,
   );
   await stop;
   io.stdout.write('Stopping server...\n');
+  await monitoring.close();
   await server.close();
   return 0;
 }
@@ -140,16 +149,25 @@ async function runSolo(opts: CliOptions, io: CliIo): Promise<number> {
     await server.close();
     throw err;
   }
+  const monitoring = await startMonitoring({
+    config,
+    executor,
+    server,
+    logger: io.logger,
+    fatalOnBindError: false,
+  });
 
   // Step: tell the user how to use it, then wait for Ctrl-C.
   const stop = waitForStop(io);
   io.stdout.write(
     `Idlebuild solo mode is ready: an embedded server and an executor on this machine.\n` +
       `  Endpoint:  ${endpoint}\n  Data:      ${dataDir}\n` +
+      metricsLine(monitoring) +
       `Build remotely with:\n  ${bazelCommand(endpoint)}\nPress Ctrl-C to stop.\n`,
   );
   await stop;
   io.stdout.write('Stopping: finishing running actions...\n');
+  await monitoring.close();
   await executor.stop({ graceMs: 10_000 });
   await server.close();
   return 0;
@@ -165,14 +183,31 @@ async function runExecutor(opts: CliOptions, io: CliIo): Promise<number> {
   }
   io.logger.info({ config: redactConfig(config) }, 'Starting executor');
   const executor = await startConfiguredExecutor(config, io.logger);
+  const monitoring = await startMonitoring({
+    config,
+    executor,
+    logger: io.logger,
+    fatalOnBindError: true,
+  }).catch(async (err) => {
+    await executor.stop({ graceMs: 0 });
+    throw err;
+  });
   const stop = waitForStop(io);
   io.stdout.write(
-    `Idlebuild executor is running against ${redactTarget(config.executor.app_target)}.\n`,
+    `Idlebuild executor is running against ${redactTarget(config.executor.app_target)}.\n` +
+      metricsLine(monitoring),
   );
   await stop;
   io.stdout.write('Stopping: finishing running actions...\n');
+  await monitoring.close();
   await executor.stop({ graceMs: Math.max(0, config.max_shutdown_duration - 5_000) });
   return 0;
+}
+
+/** The banner line with the /metrics URL, if it is served. */
+function metricsLine(monitoring: Monitoring): string {
+  const address = monitoring.metricsAddress;
+  return address ? `  Metrics:   http://${address}/metrics\n` : '';
 }
 
 async function loadConfig(opts: CliOptions): Promise<Config> {

@@ -26,7 +26,8 @@ export const DEFAULT_IMAGE = 'gcr.io/flame-public/executor-docker-default:enterp
 const str = z.string();
 const bool = z.boolean();
 const count = z.number().int().min(0);
-const port = z.number().int().min(0).max(65535);
+/** An HTTP port to listen on: 0 picks a free port, -1 turns the endpoint off. */
+const port = z.number().int().min(-1).max(65535);
 const nonEmptyPath = z.string().min(1);
 
 const TARGET_SCHEMES = ['grpc', 'grpcs', 'unix'];

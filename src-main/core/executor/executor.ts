@@ -3,6 +3,7 @@ import { mkdir } from 'node:fs/promises';
 import { removeStaleWorkspaces } from './workspace.js';
 
 import type * as grpc from '@grpc/grpc-js';
+import type { Registry } from 'prom-client';
 
 import { createCasClients } from '../cas/client.js';
 import type { Config } from '../config.js';
@@ -10,6 +11,7 @@ import { invalidArgument, messageOf, unavailable } from '../errors.js';
 import { createFileCache, type FileCache } from '../filecache.js';
 import type { Identity } from '../identity.js';
 import { moduleLogger, silentLogger, type Logger } from '../log.js';
+import { createExecutorMetrics, type ExecutorMetrics } from '../monitoring/executor-metrics.js';
 import { grpcPackage, type ExecutionClient, type SchedulerClient } from '../proto/index.js';
 import { createNoneRunner } from '../runner/none.js';
 import type { Runner } from '../runner/runner.js';
@@ -20,7 +22,8 @@ import { createTaskExecutor, type TaskExecutor } from './task.js';
 import { withCacheCheck } from './task-cache-check.js';
 import { withLogging } from './task-logging.js';
 import { withExecutedActionMetadata } from './task-metadata.js';
-import { createTaskQueue, type TaskClaim, type TaskQueue } from './task-queue.js';
+import { withMetrics } from './task-metrics.js';
+import { createTaskQueue, type Resources, type TaskClaim, type TaskQueue } from './task-queue.js';
 
 /** A running executor. */
 export interface Executor {
@@ -32,6 +35,11 @@ export interface Executor {
    */
   stop(opts?: { graceMs?: number }): Promise<void>;
   snapshot(): ExecutorSnapshot;
+  /**
+   * This executor's Prometheus metrics (tasks, stages, queue, assigned
+   * resources, file cache); monitoring/ serves them on /metrics.
+   */
+  readonly metrics: Registry;
 }
 
 export interface ExecutorSnapshot {
@@ -107,11 +115,17 @@ export async function startExecutor(opts: ExecutorOptions): Promise<Executor> {
 }
 
 /** Builds the decorated task pipeline. */
-function taskPipeline(opts: ExecutorOptions, runners: Runner[], cache?: FileCache): TaskExecutor {
+function taskPipeline(
+  opts: ExecutorOptions,
+  runners: Runner[],
+  metrics: ExecutorMetrics,
+  cache?: FileCache,
+): TaskExecutor {
   const e = opts.config.executor;
   let executor = createTaskExecutor({ config: e, runners, cache });
   executor = withExecutedActionMetadata(executor, opts.identity);
   if (e.check_action_result_before_execution) executor = withCacheCheck(executor);
+  executor = withMetrics(executor, metrics);
   return withLogging(executor);
 }
 
@@ -121,6 +135,8 @@ class RunningExecutor implements Executor {
   private readonly deps: AttemptDeps;
   private readonly stopController = new AbortController();
   private readonly running = new Set<Promise<void>>();
+  private readonly claims = new Set<TaskClaim>();
+  private readonly executorMetrics = createExecutorMetrics();
   private readonly counts = { completed: 0, failed: 0 };
   private readonly logger: Logger;
   private stopping = false;
@@ -140,7 +156,7 @@ class RunningExecutor implements Executor {
       config: e,
       identity,
       ...clients,
-      executor: taskPipeline(opts, runners, cache),
+      executor: taskPipeline(opts, runners, this.executorMetrics, cache),
       stopSignal: this.stopController.signal,
       logger: moduleLogger(logger, 'task'),
     };
@@ -175,6 +191,21 @@ class RunningExecutor implements Executor {
       idleForMs: () => (this.stopping ? 0 : this.queue.idleForMs()),
       logger: moduleLogger(logger, 'scheduler'),
     });
+
+    // Gauges read at scrape time.
+    this.executorMetrics.observe({
+      queueLength: () => this.queue.length(),
+      assigned: () => sumSizes([...this.claims]),
+      assignable: () => ({
+        milliCpu: identity.assignableMilliCpu,
+        memoryBytes: identity.assignableMemoryBytes,
+      }),
+      fileCache: () => cache?.stats(),
+    });
+  }
+
+  get metrics(): Registry {
+    return this.executorMetrics.registry;
   }
 
   snapshot(): ExecutorSnapshot {
@@ -224,11 +255,13 @@ class RunningExecutor implements Executor {
   }
 
   private start(claim: TaskClaim): void {
+    this.claims.add(claim);
     const attempt = runAttempt(claim.reservation, this.deps)
       .then((outcome) => this.count(outcome))
       .catch((err) => this.logger.error({ err: messageOf(err) }, 'Task attempt crashed'))
       .finally(() => {
         this.running.delete(attempt);
+        this.claims.delete(claim);
         claim.release();
       });
     this.running.add(attempt);
@@ -237,6 +270,7 @@ class RunningExecutor implements Executor {
   private count(outcome: AttemptOutcome): void {
     if (outcome === 'completed') this.counts.completed++;
     else if (outcome === 'failed') this.counts.failed++;
+    if (outcome !== 'dropped') this.executorMetrics.tasksCompleted.inc({ outcome });
   }
 }
 
@@ -257,4 +291,13 @@ function checkIsolationSettings(config: Config): void {
         '"none" isolation type; remove the setting',
     );
   }
+}
+
+function sumSizes(claims: TaskClaim[]): Resources {
+  const sum = { milliCpu: 0, memoryBytes: 0 };
+  for (const { reservation } of claims) {
+    sum.milliCpu += reservation.size.milliCpu;
+    sum.memoryBytes += reservation.size.memoryBytes;
+  }
+  return sum;
 }
