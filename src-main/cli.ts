@@ -26,7 +26,7 @@ async function main(argv: string[]): Promise<number> {
     // parseArgs explains an unknown option with advice about "--" that does
     // not apply here; keep its first sentence.
     const reason = messageOf(err).split('. ')[0];
-    process.stderr.write(`idlebuild: ${reason}\n\n${USAGE}`);
+    process.stderr.write(`idlebuild: ${reason}\nRun "idlebuild --help" for usage.\n`);
     return 2;
   }
   const { values, positionals } = parsed;

@@ -93,3 +93,16 @@ test('server starts on a free port, prints its endpoint and stops on SIGTERM', a
     await rm(dir, { recursive: true, force: true });
   }
 });
+
+test('a bad IDLEBUILD_LOG_LEVEL names the variable and the valid levels', () => {
+  const r = run(['server', '--port', '0'], { IDLEBUILD_LOG_LEVEL: 'bogus' });
+  assert.equal(r.status, 1);
+  assert.match(r.stderr, /IDLEBUILD_LOG_LEVEL is "bogus": use one of trace, debug, info/);
+});
+
+test('a mistyped option is one short line, not the whole usage', () => {
+  const r = run(['solo', '--prot', '3']);
+  assert.equal(r.status, 2);
+  assert.match(r.stderr, /Unknown option '--prot'/);
+  assert.ok(r.stderr.split('\n').length <= 3, r.stderr);
+});

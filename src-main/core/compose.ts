@@ -16,11 +16,14 @@ import {
 import { invalidArgument } from './errors.js';
 import { resolveIdentity, readVersion } from './identity.js';
 import type { Logger } from './log.js';
-import { startExecutor, type Executor } from './executor/executor.js';
+import { checkIsolationSettings, startExecutor, type Executor } from './executor/executor.js';
 import { startMonitoring, type Monitoring } from './monitoring/monitoring.js';
 import { startServer, type EmbeddedServer } from './server/server.js';
 
 export const DEFAULT_PORT = 1985;
+
+/** How long solo mode lets running actions finish after Ctrl-C. */
+const SOLO_STOP_GRACE_MS = 10_000;
 
 export const USAGE = `Usage: idlebuild <command> [options]
 
@@ -129,6 +132,7 @@ async function runSolo(opts: CliOptions, io: CliIo): Promise<number> {
       'Solo mode ignores executor.app_target and uses its embedded server',
     );
   }
+  checkIsolationSettings(config);
   const dataDir = opts.dataDir ?? dataDirectory();
   if (opts.dataDir) {
     config.executor.root_directory = join(dataDir, 'remote_build');
@@ -166,9 +170,9 @@ async function runSolo(opts: CliOptions, io: CliIo): Promise<number> {
       `Build remotely with:\n  ${bazelCommand(endpoint)}\nPress Ctrl-C to stop.\n`,
   );
   await stop;
-  io.stdout.write('Stopping: finishing running actions...\n');
+  io.stdout.write(stoppingMessage(SOLO_STOP_GRACE_MS));
   await monitoring.close();
-  await executor.stop({ graceMs: 10_000 });
+  await executor.stop({ graceMs: SOLO_STOP_GRACE_MS });
   await server.close();
   return 0;
 }
@@ -198,9 +202,10 @@ async function runExecutor(opts: CliOptions, io: CliIo): Promise<number> {
       metricsLine(monitoring),
   );
   await stop;
-  io.stdout.write('Stopping: finishing running actions...\n');
+  const graceMs = Math.max(0, config.max_shutdown_duration - 5_000);
+  io.stdout.write(stoppingMessage(graceMs));
   await monitoring.close();
-  await executor.stop({ graceMs: Math.max(0, config.max_shutdown_duration - 5_000) });
+  await executor.stop({ graceMs });
   return 0;
 }
 
@@ -254,6 +259,13 @@ async function waitForRegistration(executor: Executor, timeoutMs: number): Promi
   while (!executor.snapshot().connected && Date.now() < deadline) {
     await new Promise((resolve) => setTimeout(resolve, 20));
   }
+}
+
+function stoppingMessage(graceMs: number): string {
+  return (
+    `Stopping: running actions get up to ${Math.round(graceMs / 1000)} s to finish, then go ` +
+    'back to the scheduler. Press Ctrl-C again to stop at once.\n'
+  );
 }
 
 /** Resolves on the first SIGINT or SIGTERM; a second one exits at once. */

@@ -1,6 +1,9 @@
 import { pino, type Logger } from 'pino';
+import { invalidArgument } from './errors.js';
 
 export type { Logger };
+
+const LEVELS = ['trace', 'debug', 'info', 'warn', 'error', 'fatal', 'silent'];
 
 /**
  * Paths that may carry secrets, removed from every log line. API keys and JWTs
@@ -29,6 +32,9 @@ export function createLogger(
   opts: { level?: string; destination?: NodeJS.WritableStream } = {},
 ): Logger {
   const level = opts.level ?? process.env.IDLEBUILD_LOG_LEVEL ?? 'info';
+  if (!LEVELS.includes(level)) {
+    throw invalidArgument(`IDLEBUILD_LOG_LEVEL is "${level}": use one of ${LEVELS.join(', ')}`);
+  }
   return pino(
     { level, redact: { paths: REDACT, censor: '[redacted]' }, base: undefined },
     opts.destination ?? pino.destination(2),

@@ -1,6 +1,7 @@
 import { mkdir } from 'node:fs/promises';
 
 import { removeStaleWorkspaces } from './workspace.js';
+import { lockDirectory, releasing, type DirectoryLock } from '../dir-lock.js';
 
 import type * as grpc from '@grpc/grpc-js';
 import type { Registry } from 'prom-client';
@@ -85,6 +86,12 @@ export async function startExecutor(opts: ExecutorOptions): Promise<Executor> {
   // Local state: the build root (without workspaces a killed executor left
   // behind) and the file cache.
   await mkdir(e.root_directory, { recursive: true });
+  const locks = [await lockDirectory(e.root_directory, 'build root (executor.root_directory)')];
+  if (!e.disable_local_cache) {
+    await mkdir(e.local_cache_directory, { recursive: true });
+    const what = 'file cache (executor.local_cache_directory)';
+    locks.push(await lockDirectory(e.local_cache_directory, what).catch(releasing(locks)));
+  }
   await removeStaleWorkspaces(e.root_directory, logger);
   const cache = e.disable_local_cache
     ? undefined
@@ -111,7 +118,7 @@ export async function startExecutor(opts: ExecutorOptions): Promise<Executor> {
     ),
   };
 
-  return new RunningExecutor(opts, runners, cache, clients, logger);
+  return new RunningExecutor(opts, runners, cache, clients, logger, locks);
 }
 
 /** Builds the decorated task pipeline. */
@@ -148,6 +155,7 @@ class RunningExecutor implements Executor {
     cache: FileCache | undefined,
     private readonly clients: Pick<AttemptDeps, 'scheduler' | 'execution' | 'cas'>,
     logger: Logger,
+    private readonly locks: DirectoryLock[],
   ) {
     const e = opts.config.executor;
     const { identity } = opts;
@@ -237,10 +245,11 @@ class RunningExecutor implements Executor {
     }
     clearTimeout(timer);
 
-    // Close the connections.
+    // Close the connections and free the directories.
     this.clients.scheduler.close();
     this.clients.execution.close();
     this.clients.cas.close();
+    await Promise.all(this.locks.map((l) => l.release()));
   }
 
   /** Starts every reservation the queue admits now. */
@@ -278,7 +287,7 @@ class RunningExecutor implements Executor {
  * Settings that enable isolation types this version cannot provide are a
  * startup error rather than a silent fallback to running actions unisolated.
  */
-function checkIsolationSettings(config: Config): void {
+export function checkIsolationSettings(config: Config): void {
   const e = config.executor;
   const unsupported = [
     e.enable_sandbox && 'executor.enable_sandbox',

@@ -12,6 +12,7 @@ import type {
   SchedulerClient,
 } from '../proto/index.js';
 import { durationMs } from './proto-time.js';
+import { connectionHint } from './target.js';
 
 /**
  * The executor's registration with the scheduler
@@ -228,9 +229,12 @@ class RegistrationStream implements SchedulerConnection {
     if (Date.now() - this.openedAt >= BACKOFF_RESET_MS) this.failures = 0;
     const delay = this.backoffMs();
     this.failures++;
+    const err = messageOf((cause as { details?: string }).details ?? cause);
+    const hint = connectionHint(err);
     this.logger.warn(
-      { code: codeOf(cause), err: messageOf((cause as { details?: string }).details ?? cause) },
-      `Registration stream closed; reconnecting in ${Math.round(delay)} ms`,
+      { code: codeOf(cause), err, ...(hint ? { hint } : {}) },
+      `Registration stream closed; reconnecting in ${Math.round(delay)} ms` +
+        (hint ? `: ${hint}` : ''),
     );
     this.reconnectTimer = setTimeout(() => this.open(), delay);
   }

@@ -92,3 +92,29 @@ function authorizationInterceptor(value: string): grpc.Interceptor {
       },
     });
 }
+
+/**
+ * What to do about a failed connection, in the user's terms, from the text
+ * of a gRPC error; undefined when the error says nothing recognisable.
+ */
+export function connectionHint(message: string): string | undefined {
+  if (/wrong version number|WRONG_VERSION_NUMBER|packet length too long/i.test(message)) {
+    return (
+      'the server does not speak TLS: use a grpc:// target in executor.app_target ' +
+      '(a target without a scheme means grpcs://)'
+    );
+  }
+  if (/ECONNREFUSED|No connection established/i.test(message)) {
+    return (
+      'nothing answers at executor.app_target: start the server (e.g. idlebuild server) ' +
+      'or correct the address'
+    );
+  }
+  if (/ENOTFOUND|EAI_AGAIN|Name resolution failed/i.test(message)) {
+    return 'the host name in executor.app_target does not resolve';
+  }
+  if (/certificate|self[- ]signed|CERT_/i.test(message)) {
+    return "the server's TLS certificate was not accepted: check the host name and the CA roots";
+  }
+  return undefined;
+}

@@ -1,4 +1,6 @@
 import * as grpc from '@grpc/grpc-js';
+import { mkdir } from 'node:fs/promises';
+import { lockDirectory } from '../dir-lock.js';
 
 import { Code, GrpcError, messageOf } from '../errors.js';
 import { moduleLogger, silentLogger, type Logger } from '../log.js';
@@ -62,7 +64,9 @@ export async function startServer(opts: ServerOptions): Promise<EmbeddedServer> 
   const execEnabled = opts.execEnabled ?? true;
   const host = opts.host ?? '127.0.0.1';
 
-  // Open the stores and build the cache services.
+  // Claim the data directory, open the stores and build the cache services.
+  await mkdir(opts.dataDirectory, { recursive: true });
+  const lock = await lockDirectory(opts.dataDirectory, 'server data directory (--data-dir)');
   const blobStore = await createBlobStore({ directory: opts.dataDirectory, logger: log });
   const actionCache = await createActionCacheStore({ directory: opts.dataDirectory, logger: log });
   const byteStream = createByteStreamService({ blobStore, logger: log });
@@ -109,6 +113,7 @@ export async function startServer(opts: ServerOptions): Promise<EmbeddedServer> 
     scheduler?.close();
     executions.close();
     await byteStream.close();
+    await lock.release();
     throw err;
   });
   const address = `${formatHost(host)}:${port}`;
@@ -123,6 +128,7 @@ export async function startServer(opts: ServerOptions): Promise<EmbeddedServer> 
       executions.close();
       await shutdown(server, graceMs);
       await byteStream.close();
+      await lock.release();
     },
   };
 }

@@ -2,7 +2,7 @@ import assert from 'node:assert/strict';
 import { describe, test } from 'node:test';
 
 import { Code, GrpcError } from '../../../src-main/core/errors.js';
-import { parseTarget } from '../../../src-main/core/executor/target.js';
+import { connectionHint, parseTarget } from '../../../src-main/core/executor/target.js';
 
 describe('parseTarget', () => {
   test('grpcs without a port uses TLS on 443', () => {
@@ -54,4 +54,17 @@ describe('parseTarget', () => {
       );
     }
   });
+});
+
+test('connection failures come with what to do about them', () => {
+  assert.match(
+    connectionHint('14 UNAVAILABLE: No connection established. Last error: connect ECONNREFUSED')!,
+    /start the server/,
+  );
+  assert.match(
+    connectionHint('SSL routines:ssl3_get_record:wrong version number')!,
+    /use a grpc:\/\/ target/,
+  );
+  assert.match(connectionHint('getaddrinfo ENOTFOUND nowhere.invalid')!, /does not resolve/);
+  assert.equal(connectionHint('Executor API key is missing or wrong'), undefined);
 });
