@@ -27,7 +27,9 @@ export type AttemptOutcome =
   /** An error was published as the task's result. */
   | 'failed'
   /** The task was handed back to the scheduler for another attempt. */
-  | 're-enqueued';
+  | 're-enqueued'
+  /** The scheduler withdrew the task while it ran (its client went away). */
+  | 'cancelled';
 
 export interface AttemptDeps {
   config: ExecutorConfig;
@@ -114,6 +116,11 @@ async function fail(
   error: GrpcError,
   deps: AttemptDeps,
 ): Promise<AttemptOutcome> {
+  if (lease.cancelled) {
+    await ctx.publisher.close().catch(() => undefined);
+    await lease.close();
+    return 'cancelled';
+  }
   if (lease.signal.aborted || deps.stopSignal.aborted || shouldRetry(error, ctx)) {
     ctx.logger.info({ code: error.code, err: error.message }, 'Re-enqueuing the task');
     await ctx.publisher.close().catch(() => undefined);

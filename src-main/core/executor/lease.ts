@@ -28,6 +28,12 @@ export interface TaskLease {
   readonly leaseId: string;
   /** Aborted, with a GrpcError as reason, when the lease is lost. */
   readonly signal: AbortSignal;
+  /**
+   * True once the scheduler said the task no longer exists (NOT_FOUND on a
+   * keep-alive): it was cancelled or completed elsewhere, so it must be
+   * neither published nor re-enqueued.
+   */
+  readonly cancelled: boolean;
   /** Ends the lease: finalize without a reason, re-enqueue with one. */
   close(reEnqueueReason?: GrpcError): Promise<void>;
 }
@@ -172,6 +178,7 @@ class KeptLease implements TaskLease {
   private timer: NodeJS.Timeout | undefined;
   private pending: Promise<void> = Promise.resolve();
   private closed = false;
+  cancelled = false;
 
   constructor(
     private readonly opts: LeaseOptions,
@@ -208,7 +215,7 @@ class KeptLease implements TaskLease {
       ? false
       : await this.channel.finish(request).catch(() => false);
     this.channel.cancel();
-    if (clean) return;
+    if (clean || this.cancelled) return;
     this.logger.warn('Lease did not close cleanly; re-enqueuing');
     await this.reEnqueue(reEnqueueReason ? messageOf(reEnqueueReason) : '').catch((err) =>
       this.logger.warn({ err: messageOf(err) }, 'ReEnqueueTask failed'),
@@ -262,6 +269,14 @@ class KeptLease implements TaskLease {
   private lose(err: unknown): void {
     if (this.closed) return;
     this.channel.cancel();
+    if (codeOf(err) === Code.NOT_FOUND) {
+      this.cancelled = true;
+      this.logger.info({ err: messageOf(err) }, 'Task cancelled by the scheduler; aborting it');
+      this.controller.abort(
+        new GrpcError(Code.CANCELLED, `Task "${this.opts.taskId}" was cancelled`),
+      );
+      return;
+    }
     const reason = wrap(err, `Lost the lease on task "${this.opts.taskId}"`);
     this.logger.warn(
       { task_id: this.opts.taskId, err: reason.message },

@@ -103,6 +103,7 @@ export function executionNode(
     current_queue_length: state.queueLength,
     active_action_count: state.activeCount,
     os_display_name: identity.osDisplayName,
+    supports_proactive_cancellation: true,
   };
 }
 

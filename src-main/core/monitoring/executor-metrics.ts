@@ -89,7 +89,7 @@ export function createExecutorMetrics(registry = new Registry()): ExecutorMetric
     ),
     tasksCompleted: new Counter({
       name: 'buildbuddy_executor_tasks_completed_total',
-      help: 'Task attempts finished: completed (result published), failed (error published) or re-enqueued.',
+      help: 'Task attempts finished: completed (result published), failed (error published), re-enqueued, or cancelled (withdrawn by the scheduler).',
       labelNames: ['outcome'],
       registers,
     }),

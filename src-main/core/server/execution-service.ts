@@ -58,14 +58,22 @@ const OPERATION_METADATA = 'build.bazel.remote.execution.v2.ExecuteOperationMeta
  * publishes a successful COMPLETED result, it is written to the Action
  * Cache before clients hear of it, so a following GetActionResult hits.
  *
- * A client that disconnects does not cancel its execution: the task runs to
- * completion and its result is cached, and WaitExecution can re-attach.
+ * When the last client watching an execution (Execute, merged Executes and
+ * WaitExecution alike) goes away before it completes, the execution waits
+ * for the abandon grace (see createExecutionStore) for a client to
+ * re-attach with WaitExecution or an identical Execute. If none does, it is
+ * cancelled as BuildBuddy cancels an interrupted invocation's work: the task
+ * leaves the scheduler (an executor running it aborts at its next lease
+ * keep-alive) and the execution completes with status CANCELLED, which a
+ * later WaitExecution returns. Whatever the executor still publishes for it
+ * is accepted and dropped.
  *
  * Limitation: ExecutionTask.jwt is always empty (the embedded server has no
  * per-client credentials), and x-buildbuddy-platform.* headers are not
  * turned into platform_overrides.
  */
 export function createExecutionService(opts: ExecutionServiceOptions): GrpcService {
+  opts.executions.onAbandoned((execution) => cancelAbandoned(opts, execution));
   const implementation: ExecutionHandlers = {
     Execute: (call) => {
       execute(opts, call).catch((err) => call.emit('error', toServiceError(err)));
@@ -161,7 +169,13 @@ async function execute(opts: ExecutionServiceOptions, call: ExecuteCall): Promis
     request_metadata: requestMetadata,
   };
   const serializedTask = encode('build.bazel.remote.execution.v2.ExecutionTask', task);
-  opts.executions.create({ id, actionDigest, cacheable: !action.do_not_cache, mergeKey });
+  opts.executions.create({
+    id,
+    actionDigest,
+    cacheable: !action.do_not_cache,
+    mergeKey,
+    cancelWhenAbandoned: true,
+  });
   const noRetry = platformProperty(action, command, 'retry')?.toLowerCase() === 'false';
   opts.scheduler.schedule({ id, serializedTask, metadata, size: metadata.task_size!, noRetry });
   log.info({ task_id: id, action_digest: digestKey(actionDigest) }, 'Execution queued');
@@ -252,8 +266,29 @@ function streamOperations(
       call.end();
     }
   });
-  // A client that goes away stops watching; the execution carries on.
+  // A client that goes away stops watching (possibly abandoning the execution).
   call.on('cancelled', () => stop());
+  if (call.cancelled) stop();
+}
+
+/** The status of an execution cancelled because its clients went away. */
+const ABANDONED_STATUS = {
+  code: Code.CANCELLED,
+  message: 'Execution cancelled: no client was waiting for it',
+};
+
+/** Cancels an execution no client watched for the abandon grace period. */
+function cancelAbandoned(opts: ExecutionServiceOptions, execution: Execution): void {
+  const state = opts.scheduler.cancel(execution.id);
+  opts.executions.fail(execution.id, ABANDONED_STATUS);
+  opts.logger.info(
+    {
+      task_id: execution.id,
+      action_digest: digestKey(execution.actionDigest),
+      task_state: state ?? 'gone',
+    },
+    'Execution cancelled: no client was waiting for it',
+  );
 }
 
 type PublishCall = grpc.ServerReadableStream<Operation__Output, unknown>;

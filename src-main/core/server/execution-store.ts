@@ -10,25 +10,37 @@ export interface Execution {
   readonly cacheable: boolean;
   /** In-flight identical Executes share this execution when set. */
   readonly mergeKey?: string;
+  /**
+   * Cancelled when its last watcher leaves and none re-attaches within the
+   * abandon grace (set for Execute; not for tasks from ScheduleTask, whose
+   * owner does not watch them).
+   */
+  readonly cancelWhenAbandoned?: boolean;
   /** The latest Operation, sent at once to anyone who attaches. */
   operation: Operation;
   done: boolean;
 }
+
+/** The fields a new execution starts with. */
+export type ExecutionInit = Pick<
+  Execution,
+  'id' | 'actionDigest' | 'cacheable' | 'mergeKey' | 'cancelWhenAbandoned'
+>;
 
 /**
  * The executions the server knows: running ones, and completed ones for a
  * retention period so that WaitExecution after completion still answers.
  * Watchers get every Operation published for an execution, in order; an
  * execution that completes notifies and drops its watchers.
+ *
+ * An execution marked cancelWhenAbandoned whose last watcher stops watching
+ * before it completes is abandoned once no watcher has attached for the
+ * abandon grace period: the onAbandoned listener then decides its fate
+ * (normally, to cancel it).
  */
 export interface ExecutionStore {
   /** Registers a new execution whose first Operation is QUEUED. */
-  create(init: {
-    id: string;
-    actionDigest: BlobDigest;
-    cacheable: boolean;
-    mergeKey?: string;
-  }): Execution;
+  create(init: ExecutionInit): Execution;
   get(id: string): Execution | undefined;
   /** A running execution with this merge key, if any. */
   findRunning(mergeKey: string): Execution | undefined;
@@ -41,9 +53,11 @@ export interface ExecutionStore {
   publish(id: string, op: Operation): void;
   /** Completes the execution with an error status and no ActionResult. */
   fail(id: string, status: Status): void;
+  /** Sets the one listener told of abandoned executions (still running, unwatched). */
+  onAbandoned(listener: (execution: Execution) => void): void;
   /** Executions not yet done. */
   runningCount(): number;
-  /** Stops the retention timer. */
+  /** Stops the retention timer and the abandon timers. */
   close(): void;
 }
 
@@ -68,28 +82,47 @@ export function queuedOperation(name: string, actionDigest: BlobDigest): Operati
   };
 }
 
-/** Creates an empty store that forgets completed executions after `retentionMs`. */
-export function createExecutionStore(opts: { retentionMs?: number } = {}): ExecutionStore {
-  return new MemoryExecutionStore(opts.retentionMs ?? 10 * 60_000);
+export interface ExecutionStoreOptions {
+  /** How long completed executions are remembered (default 10 min). */
+  retentionMs?: number;
+  /** How long an unwatched execution waits for a watcher (default 10 s). */
+  abandonGraceMs?: number;
+}
+
+/** Default grace before an execution nobody watches is abandoned. */
+export const DEFAULT_ABANDON_GRACE_MS = 10_000;
+
+/** Creates an empty store; close() stops its timers. */
+export function createExecutionStore(opts: ExecutionStoreOptions = {}): ExecutionStore {
+  return new MemoryExecutionStore(
+    opts.retentionMs ?? 10 * 60_000,
+    opts.abandonGraceMs ?? DEFAULT_ABANDON_GRACE_MS,
+  );
 }
 
 interface Entry {
   execution: Execution;
   watchers: Set<(op: Operation) => void>;
   doneAt?: number;
+  /** Running while the execution has no watcher and may be abandoned. */
+  abandonTimer?: NodeJS.Timeout;
 }
 
 class MemoryExecutionStore implements ExecutionStore {
   private readonly entries = new Map<string, Entry>();
   private readonly running = new Map<string, Entry>();
   private readonly timer: NodeJS.Timeout;
+  private abandoned: (execution: Execution) => void = () => {};
 
-  constructor(private readonly retentionMs: number) {
+  constructor(
+    private readonly retentionMs: number,
+    private readonly abandonGraceMs: number,
+  ) {
     this.timer = setInterval(() => this.forgetOld(), Math.min(retentionMs, 60_000));
     this.timer.unref();
   }
 
-  create(init: { id: string; actionDigest: BlobDigest; cacheable: boolean; mergeKey?: string }) {
+  create(init: ExecutionInit) {
     const execution: Execution = {
       ...init,
       operation: queuedOperation(init.id, init.actionDigest),
@@ -114,8 +147,12 @@ class MemoryExecutionStore implements ExecutionStore {
     if (entry === undefined) return () => {};
     watcher(entry.execution.operation);
     if (entry.execution.done) return () => {};
-    entry.watchers.add(watcher);
-    return () => entry.watchers.delete(watcher);
+    const token = (op: Operation) => watcher(op);
+    entry.watchers.add(token);
+    this.stopAbandonTimer(entry);
+    return () => {
+      if (entry.watchers.delete(token) && entry.watchers.size === 0) this.startAbandonTimer(entry);
+    };
   }
 
   publish(id: string, op: Operation): void {
@@ -133,6 +170,10 @@ class MemoryExecutionStore implements ExecutionStore {
       this.publish(id, failedOperation(id, execution.actionDigest, status));
   }
 
+  onAbandoned(listener: (execution: Execution) => void): void {
+    this.abandoned = listener;
+  }
+
   runningCount(): number {
     let n = 0;
     for (const entry of this.entries.values()) if (!entry.execution.done) n++;
@@ -141,9 +182,26 @@ class MemoryExecutionStore implements ExecutionStore {
 
   close(): void {
     clearInterval(this.timer);
+    for (const entry of this.entries.values()) this.stopAbandonTimer(entry);
+  }
+
+  private startAbandonTimer(entry: Entry): void {
+    if (entry.execution.done || !entry.execution.cancelWhenAbandoned) return;
+    this.stopAbandonTimer(entry);
+    entry.abandonTimer = setTimeout(() => {
+      entry.abandonTimer = undefined;
+      if (!entry.execution.done && entry.watchers.size === 0) this.abandoned(entry.execution);
+    }, this.abandonGraceMs);
+    entry.abandonTimer.unref();
+  }
+
+  private stopAbandonTimer(entry: Entry): void {
+    clearTimeout(entry.abandonTimer);
+    entry.abandonTimer = undefined;
   }
 
   private complete(entry: Entry): void {
+    this.stopAbandonTimer(entry);
     entry.execution.done = true;
     entry.doneAt = Date.now();
     const key = entry.execution.mergeKey;

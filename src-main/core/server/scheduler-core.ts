@@ -45,6 +45,16 @@ export interface TaskScheduler {
   taskExists(id: string): boolean;
   /** The execution finished: the task needs no further attempt. */
   markCompleted(id: string): void;
+  /**
+   * The execution was cancelled: forgets the task, as BuildBuddy deletes a
+   * cancelled invocation's tasks. Executors holding a reservation that
+   * registered with supports_proactive_cancellation are sent
+   * cancel_task_reservation_request; any other claim attempt fails with
+   * NOT_FOUND, and so does the next keep-alive of an executor running it,
+   * which makes that executor abort the run. Returns whether the task was
+   * 'queued' or 'claimed', or undefined when it was not stored.
+   */
+  cancel(id: string): 'queued' | 'claimed' | undefined;
   /** Tasks stored and not claimed by any executor. */
   queueLength(): number;
   /**
@@ -189,6 +199,21 @@ class Scheduler implements TaskScheduler {
   markCompleted(id: string): void {
     this.store.markCompleted(id);
     if (!this.taskExists(id)) this.forgetReservations(id);
+  }
+
+  cancel(id: string): 'queued' | 'claimed' | undefined {
+    const task = this.store.get(id);
+    if (task === undefined) return undefined;
+    this.store.delete(id);
+    if (task.lease !== undefined) this.lostCallbacks.delete(task.lease.holder);
+    for (const executor of this.executors) {
+      if (!executor.held.delete(id)) continue;
+      if (executor.node.supports_proactive_cancellation)
+        executor.send({ cancel_task_reservation_request: { task_id: id } });
+    }
+    const state = task.lease === undefined ? 'queued' : 'claimed';
+    this.log.debug({ task_id: id, state }, 'Task cancelled');
+    return state;
   }
 
   queueLength(): number {

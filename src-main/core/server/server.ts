@@ -34,6 +34,11 @@ export interface ServerOptions {
   leaseGraceMs?: number;
   /** How long a lost lease waits for its holder to reconnect (default 1 s). */
   reconnectGraceMs?: number;
+  /**
+   * How long an execution whose clients all went away waits for one to
+   * re-attach before it is cancelled (default 10 s); shrink only in tests.
+   */
+  abandonGraceMs?: number;
   logger?: Logger;
 }
 
@@ -79,7 +84,7 @@ export async function startServer(opts: ServerOptions): Promise<EmbeddedServer> 
 
   // Add execution: the scheduler, its service, and the Execution service.
   let scheduler: TaskScheduler | undefined;
-  const executions = createExecutionStore();
+  const executions = createExecutionStore({ abandonGraceMs: opts.abandonGraceMs });
   if (execEnabled) {
     scheduler = createTaskScheduler({
       logger: moduleLogger(log, 'scheduler'),

@@ -133,7 +133,7 @@ describe('task lease', () => {
     await lease!.close();
   });
 
-  test('a keep-alive answered NOT_FOUND aborts the task', async () => {
+  test('a keep-alive answered NOT_FOUND (task cancelled) aborts it without re-enqueuing', async () => {
     scriptLease(fake, (req, call, _s, n) => {
       if (n === 0) standardAnswer(req, call, 0, 0);
       else call.emit('error', { code: grpc.status.NOT_FOUND, details: 'task disappeared' });
@@ -141,9 +141,10 @@ describe('task lease', () => {
     const lease = await leaseTask(options);
     const aborted = new Promise((resolve) => lease!.signal.addEventListener('abort', resolve));
     await aborted;
-    assert.equal((lease!.signal.reason as GrpcError).code, Code.NOT_FOUND);
+    assert.equal((lease!.signal.reason as GrpcError).code, Code.CANCELLED);
+    assert.equal(lease!.cancelled, true);
     await lease!.close();
-    assert.equal(fake.reEnqueues.length, 1, 'a lost lease falls back to ReEnqueueTask');
+    assert.equal(fake.reEnqueues.length, 0, 'a task the scheduler withdrew is not handed back');
   });
 
   test('a keep-alive failing with UNAVAILABLE reconnects with the reconnect token', async () => {

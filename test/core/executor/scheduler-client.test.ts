@@ -78,6 +78,7 @@ describe('scheduler connection', () => {
     assert.equal(node.assignable_memory_bytes, 8e9);
     assert.deepEqual(node.supported_isolation_types, ['none']);
     assert.equal(node.os_display_name, 'Ubuntu 24.04 LTS');
+    assert.equal(node.supports_proactive_cancellation, true);
     assert.deepEqual(fake.streamMetadata[0].get('x-buildbuddy-api-key'), ['k-123']);
     await sleep(250); // registered once the stream stays open for 200 ms
     assert.equal(connection.connected(), true);
