@@ -39,6 +39,9 @@ export async function writeCProject(dir: string, modules: number): Promise<CProj
     );
   }
   await writeFile(join(dir, 'src', 'lib.h'), '#define SCALE 7\n');
+  // A 6 MB input and a 10 MB output: both larger than one gRPC message, so
+  // they travel over ByteStream in both directions.
+  await writeFile(join(dir, 'src', 'big.dat'), Buffer.alloc(6_000_000, 'idlebuild big input\n'));
   await writeFile(
     join(dir, 'src', 'main.c'),
     [
@@ -68,6 +71,9 @@ export async function writeCProject(dir: string, modules: number): Promise<CProj
     `genrule(name = "link", srcs = [${objects.map((o) => `"${o}"`).join(', ')}], outs = ["prog"],`,
     '        cmd = "gcc -o $@ $(SRCS)", executable = True)',
     'file_tree(name = "tree", srcs = ["src/lib.h", "src/main.c"])',
+    'genrule(name = "big_in", srcs = ["src/big.dat"], outs = ["big_in.sha256"],',
+    '        cmd = "sha256sum $(location src/big.dat) | cut -d\' \' -f1 > $@")',
+    'genrule(name = "big_out", outs = ["big_out.dat"], cmd = "head -c 10000000 /dev/zero > $@")',
     'genrule(name = "tree_listing", srcs = [":tree"], outs = ["tree_listing.txt"],',
     '        cmd = "cd $(location :tree) && find . -type f | sort | xargs sha256sum > $$OLDPWD/$@")',
     '',
@@ -106,7 +112,10 @@ export async function writeCProject(dir: string, modules: number): Promise<CProj
       'tree.d/nested/deeper/leaf.txt',
       'tree.d/nested/sizes.txt',
       'tree_listing.txt',
+      'big_in.sha256',
+      'big_out.dat',
     ],
-    spawnCount: modules + 1 + 1 + 1 + 1,
+    // Compiles, main, link, the directory rule, its reader, big_in, big_out.
+    spawnCount: modules + 1 + 1 + 1 + 1 + 2,
   };
 }
