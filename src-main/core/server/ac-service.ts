@@ -1,6 +1,7 @@
 import type { ActionCacheStore, BlobStore } from '../cas/types.js';
 import { checkDigest, digestKey, type BlobDigest } from '../digest.js';
 import { invalidArgument, notFound } from '../errors.js';
+import { relativePathProblem } from '../executor/paths.js';
 import { moduleLogger, silentLogger, type Logger } from '../log.js';
 import {
   grpcPackage,
@@ -26,8 +27,8 @@ export const INLINE_BUDGET_BYTES = 1024 * 1024;
  *   missing from the CAS, so clients run the action again instead of failing
  *   later on a download. Inlines stdout, stderr and the requested output
  *   files when asked, up to INLINE_BUDGET_BYTES in total.
- * - UpdateActionResult: validates every digest in the result, stores it and
- *   returns it.
+ * - UpdateActionResult: validates the result (see checkActionResult),
+ *   stores it and returns it.
  *
  * Limitation: the files inside an output directory's Tree are not checked
  * for presence, only the Tree blob itself.
@@ -86,6 +87,30 @@ export function missingReference(
   return undefined;
 }
 
+/**
+ * Checks an ActionResult before it is cached or handed to clients: every
+ * digest well-formed, every output path relative, canonical and free of
+ * "..", so that a client trusting the cache never writes outside its
+ * working directory. Only an output directory may have the empty path (the
+ * whole working directory). INVALID_ARGUMENT naming the bad value.
+ */
+export function checkActionResult(result: ActionResult__Output): void {
+  for (const d of referencedDigests(result)) checkDigest(d);
+  const symlinks = [
+    ...result.output_symlinks,
+    ...result.output_file_symlinks,
+    ...result.output_directory_symlinks,
+  ];
+  const paths = [
+    ...[...result.output_files, ...symlinks].map((o) => ({ path: o.path, allowEmpty: false })),
+    ...result.output_directories.map((o) => ({ path: o.path, allowEmpty: true })),
+  ];
+  for (const { path, allowEmpty } of paths) {
+    const problem = relativePathProblem(path, { allowEmpty });
+    if (problem) throw invalidArgument(`Invalid output path "${path}" in ActionResult: ${problem}`);
+  }
+}
+
 function referencedDigests(result: ActionResult__Output): Digest__Output[] {
   const all = [
     ...result.output_files.map((f) => f.digest),
@@ -135,7 +160,7 @@ async function updateActionResult(
     throw invalidArgument(
       `UpdateActionResult for action "${digestKey(action)}" has no action_result`,
     );
-  for (const d of referencedDigests(result)) checkDigest(d);
+  checkActionResult(result);
   await actionCache.put(action, result);
   return result;
 }

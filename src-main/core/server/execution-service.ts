@@ -1,9 +1,8 @@
-import { missingReference } from './ac-service.js';
 import type * as grpc from '@grpc/grpc-js';
 
 import type { ActionCacheStore, BlobStore } from '../cas/types.js';
 import { checkDigest, digestKey, type BlobDigest } from '../digest.js';
-import { Code, GrpcError, invalidArgument, notFound, wrap } from '../errors.js';
+import { Code, GrpcError, invalidArgument, messageOf, notFound, wrap } from '../errors.js';
 import type { Logger } from '../log.js';
 import {
   decode,
@@ -15,12 +14,14 @@ import {
   type ActionResult__Output,
   type Command__Output,
   type ExecuteRequest__Output,
+  type ExecuteResponse__Output,
   type ExecutionHandlers,
   type ExecutionTask,
   type Operation,
   type Operation__Output,
   type RequestMetadata__Output,
 } from '../proto/index.js';
+import { checkActionResult, missingReference } from './ac-service.js';
 import { missingBlobsError } from './execution-status.js';
 import type { Execution, ExecutionStore } from './execution-store.js';
 import {
@@ -45,6 +46,7 @@ export interface ExecutionServiceOptions {
 export const REQUEST_METADATA_KEY = 'build.bazel.remote.execution.v2.requestmetadata-bin';
 const ACTION = 'build.bazel.remote.execution.v2.Action';
 const COMMAND = 'build.bazel.remote.execution.v2.Command';
+const EXECUTION_TASK = 'build.bazel.remote.execution.v2.ExecutionTask';
 const EXECUTE_RESPONSE = 'build.bazel.remote.execution.v2.ExecuteResponse';
 const OPERATION_METADATA = 'build.bazel.remote.execution.v2.ExecuteOperationMetadata';
 
@@ -67,6 +69,17 @@ const OPERATION_METADATA = 'build.bazel.remote.execution.v2.ExecuteOperationMeta
  * keep-alive) and the execution completes with status CANCELLED, which a
  * later WaitExecution returns. Whatever the executor still publishes for it
  * is accepted and dropped.
+ *
+ * Trust model: PublishOperation trusts its caller, as BuildBuddy trusts
+ * any caller holding the task's JWT, and does not ask which lease it holds
+ * (the protocol's Operations name no lease). The embedded server issues no
+ * task JWTs, so whoever reaches its port and knows an execution's name (a
+ * random UUID, known to the clients watching it and to executors) can
+ * complete that execution: no more than UpdateActionResult, which is open to
+ * every client too. What is published is still checked: an unknown name is
+ * NOT_FOUND, and a done Operation without a decodable ExecuteResponse or
+ * with an invalid ActionResult (see checkActionResult) is INVALID_ARGUMENT
+ * and leaves the execution running.
  *
  * Limitation: ExecutionTask.jwt is always empty (the embedded server has no
  * per-client credentials), and x-buildbuddy-platform.* headers are not
@@ -104,7 +117,7 @@ export function adoptScheduledTask(
 ): void {
   if (executions.get(task.id) !== undefined)
     throw new GrpcError(Code.ALREADY_EXISTS, `Execution "${task.id}" already exists`);
-  const decoded = decode('build.bazel.remote.execution.v2.ExecutionTask', task.serializedTask);
+  const decoded = decodeBlob(EXECUTION_TASK, task.serializedTask, 'ExecutionTask');
   const actionDigest = checkDigest(decoded.execute_request?.action_digest);
   const cacheable = !(decoded.action?.do_not_cache ?? false);
   scheduler.schedule(task);
@@ -168,7 +181,7 @@ async function execute(opts: ExecutionServiceOptions, call: ExecuteCall): Promis
     queued_timestamp: timestampOf(queuedAt),
     request_metadata: requestMetadata,
   };
-  const serializedTask = encode('build.bazel.remote.execution.v2.ExecutionTask', task);
+  const serializedTask = encode(EXECUTION_TASK, task);
   opts.executions.create({
     id,
     actionDigest,
@@ -210,7 +223,7 @@ function checkBlobDigest(d: Action__Output['command_digest'], field: string): Bl
   }
 }
 
-function decodeBlob<N extends typeof ACTION | typeof COMMAND>(
+function decodeBlob<N extends typeof ACTION | typeof COMMAND | typeof EXECUTION_TASK>(
   name: N,
   bytes: Buffer,
   what: string,
@@ -326,11 +339,36 @@ async function publishOne(opts: ExecutionServiceOptions, op: Operation__Output):
   // A late or repeated completion (for example after the lease moved) is dropped.
   if (execution.done) return;
   if (op.done) {
-    await cacheResult(opts, execution, op);
+    const response = completedResponse(op);
+    await cacheResult(opts, execution, response);
     opts.scheduler.markCompleted(execution.id);
-    logOutcome(opts.logger, execution, op);
+    logOutcome(opts.logger, execution, response);
   }
   opts.executions.publish(execution.id, op as Operation);
+}
+
+/**
+ * The ExecuteResponse of a done Operation, checked; undefined when the
+ * Operation carries an error instead. INVALID_ARGUMENT when it carries
+ * neither, when the response does not decode, or when its ActionResult is
+ * invalid.
+ */
+function completedResponse(op: Operation__Output): ExecuteResponse__Output | undefined {
+  if (op.result === 'error') return undefined;
+  const what = `Published Operation "${op.name}"`;
+  let response: ExecuteResponse__Output | undefined;
+  try {
+    response = unpackAny(EXECUTE_RESPONSE, op.response);
+  } catch (err) {
+    throw invalidArgument(`${what} has an ExecuteResponse that does not decode: ${messageOf(err)}`);
+  }
+  if (response === undefined) throw invalidArgument(`${what} is done but has no ExecuteResponse`);
+  try {
+    if (response.result != null) checkActionResult(response.result);
+  } catch (err) {
+    throw wrap(err, `${what} has an invalid ActionResult`);
+  }
+  return response;
 }
 
 /**
@@ -341,9 +379,8 @@ async function publishOne(opts: ExecutionServiceOptions, op: Operation__Output):
 async function cacheResult(
   opts: ExecutionServiceOptions,
   execution: Execution,
-  op: Operation__Output,
+  response: ExecuteResponse__Output | undefined,
 ): Promise<void> {
-  const response = unpackAny(EXECUTE_RESPONSE, op.response);
   const result = response?.result;
   if (response === undefined || result == null || !execution.cacheable) return;
   if ((response.status?.code ?? 0) !== Code.OK || result.exit_code !== 0) return;
@@ -363,8 +400,11 @@ async function cacheResult(
   }
 }
 
-function logOutcome(log: Logger, execution: Execution, op: Operation__Output): void {
-  const response = unpackAny(EXECUTE_RESPONSE, op.response);
+function logOutcome(
+  log: Logger,
+  execution: Execution,
+  response: ExecuteResponse__Output | undefined,
+): void {
   log.info(
     {
       task_id: execution.id,

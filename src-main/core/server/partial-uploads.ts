@@ -103,8 +103,13 @@ class Upload implements PartialUpload {
     this.file.catch(() => undefined);
   }
 
-  /** Takes ownership at once (fencing the previous owner); offset 0 starts over. */
+  /**
+   * Takes ownership at once (fencing the previous owner); offset 0 starts
+   * over. Any other offset must be the committed size, or the claim fails
+   * and the current owner keeps the upload.
+   */
   claim(owner: symbol, offset: number): void {
+    if (offset !== 0 && offset !== this.committed) throw this.offsetError(offset);
     if (offset === 0) this.run(() => this.restart()).catch(() => undefined);
     this.owner = owner;
     this.lastUsed = Date.now();

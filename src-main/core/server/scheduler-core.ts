@@ -104,7 +104,10 @@ export interface LeaseSession {
 
 export interface TaskSchedulerOptions {
   logger: Logger;
-  /** Called when a task fails for good (attempts exhausted). */
+  /**
+   * Called when a task fails for good: attempts exhausted, or its lease
+   * finalized before markCompleted (no result was published).
+   */
   onTaskFailed: (taskId: string, message: string) => void;
   leaseDurationMs?: number;
   leaseGraceMs?: number;
@@ -280,7 +283,17 @@ class Scheduler implements TaskScheduler {
 
   finalize(holder: symbol, taskId: string): void {
     this.lostCallbacks.delete(holder);
-    if (this.store.finalize(taskId, holder)) this.log.debug({ task_id: taskId }, 'Task finalized');
+    const published = this.store.get(taskId)?.completed ?? false;
+    if (!this.store.finalize(taskId, holder)) return;
+    this.log.debug({ task_id: taskId }, 'Task finalized');
+
+    // Executors publish the result before they finalize; without one, the
+    // execution would wait forever for a task that no longer exists.
+    if (!published) {
+      const message = `Task "${taskId}" was finalized by its executor without publishing a result`;
+      this.log.warn({ task_id: taskId }, 'Task finalized without a published result');
+      this.opts.onTaskFailed(taskId, message);
+    }
   }
 
   release(holder: symbol, taskId: string, reason: string, reconnect: boolean): void {
