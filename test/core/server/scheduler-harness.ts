@@ -41,7 +41,15 @@ export interface TestServer {
 
 export async function startTestServer(overrides: Partial<ServerOptions> = {}): Promise<TestServer> {
   const dataDirectory = await mkdtemp(join(tmpdir(), 'idlebuild-server-'));
-  const server = await startServer({ port: 0, dataDirectory, ...SHORT_LEASES, ...overrides });
+  const server = await startServer({
+    port: 0,
+    dataDirectory,
+    ...SHORT_LEASES,
+    ...overrides,
+  }).catch(async (err: unknown) => {
+    await rm(dataDirectory, { recursive: true, force: true });
+    throw err;
+  });
   return {
     server,
     address: server.address,
