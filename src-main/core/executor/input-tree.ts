@@ -17,7 +17,7 @@ import {
   nameProblem,
   pathInside,
   symlinkTargetProblem,
-} from './paths.js';
+} from '../paths.js';
 
 /** What materializing one input root did. */
 export interface InputTreeStats {

@@ -18,7 +18,7 @@ import {
 } from '../proto/index.js';
 import { forEachLimit } from '../cas/parallel.js';
 import { encodeDirectory } from '../cas/tree.js';
-import { compareNames } from './paths.js';
+import { compareNames } from '../paths.js';
 
 const HASH_CONCURRENCY = 4;
 

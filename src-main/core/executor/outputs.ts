@@ -27,7 +27,7 @@ import {
   type LocalFile,
   type RequestedProperties,
 } from './output-tree.js';
-import { isInside, pathInside, relativePathProblem } from './paths.js';
+import { isInside, pathInside, relativePathProblem } from '../paths.js';
 
 /** The output paths a Command declares, and which fields declared them. */
 export interface OutputPaths {

@@ -1,7 +1,7 @@
 import type { ActionCacheStore, BlobStore } from '../cas/types.js';
 import { checkDigest, digestKey, type BlobDigest } from '../digest.js';
 import { invalidArgument, notFound } from '../errors.js';
-import { relativePathProblem } from '../executor/paths.js';
+import { relativePathProblem } from '../paths.js';
 import { moduleLogger, silentLogger, type Logger } from '../log.js';
 import {
   grpcPackage,

@@ -4,7 +4,7 @@
 // when the value is fine), so callers can name the offending path in their
 // own error.
 import { isAbsolute, relative, resolve, sep } from 'node:path';
-import { internal } from '../errors.js';
+import { internal } from './errors.js';
 
 /**
  * The problem with a Directory entry name, if any: REAPI names are single,
