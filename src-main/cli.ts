@@ -39,6 +39,7 @@ async function main(argv: string[]): Promise<number> {
   }
   const options: CliOptions = {
     config: values.config ?? process.env.IDLEBUILD_CONFIG,
+    configFromEnv: values.config === undefined,
     port: values.port,
     host: values.host,
     dataDir: values['data-dir'],

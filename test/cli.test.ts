@@ -106,3 +106,25 @@ test('a mistyped option is one short line, not the whole usage', () => {
   assert.match(r.stderr, /Unknown option '--prot'/);
   assert.ok(r.stderr.split('\n').length <= 3, r.stderr);
 });
+
+test('IDLEBUILD_CONFIG does not stop the server, which reads no config', async () => {
+  const dir = await mkdtemp(join(tmpdir(), 'idlebuild-cli-'));
+  const child = spawn(process.execPath, [bin, 'server', '--port', '0', '--data-dir', dir], {
+    env: { ...process.env, IDLEBUILD_LOG_LEVEL: 'warn', IDLEBUILD_CONFIG: join(dir, 'x.yaml') },
+    stdio: ['ignore', 'pipe', 'pipe'],
+  });
+  try {
+    let out = '';
+    child.stdout.on('data', (d) => (out += d));
+    const [code] = await Promise.race([
+      once(child, 'exit'),
+      new Promise<[null]>((resolve) =>
+        child.stdout.on('data', () => /Endpoint/.test(out) && resolve([null])),
+      ),
+    ]);
+    assert.equal(code, null, `server exited early: ${out}`);
+  } finally {
+    child.kill('SIGKILL');
+    await rm(dir, { recursive: true, force: true });
+  }
+});

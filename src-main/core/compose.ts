@@ -36,7 +36,7 @@ Commands:
   version    Print the version
 
 Options:
-  -c, --config FILE   Executor config (YAML, BuildBuddy key names); also $IDLEBUILD_CONFIG
+  -c, --config FILE   Executor config for start/solo/executor (YAML, BuildBuddy key names)
   -p, --port PORT     Server port for solo/server (default ${DEFAULT_PORT}; 0 picks a free port)
       --host HOST     Server address for solo/server (default 127.0.0.1)
       --data-dir DIR  Where the server stores its CAS and Action Cache, and solo mode its
@@ -44,9 +44,12 @@ Options:
                       ~/.cache/idlebuild)
 
 Environment:
+  IDLEBUILD_CONFIG           Config file when --config is not given
+  IDLEBUILD_HOME             Data directory (default ~/.cache/idlebuild)
   IDLEBUILD_LOG_LEVEL        trace | debug | info | warn | error (default info)
   IDLEBUILD_DEBUG            Per-module debug logs, e.g. "scheduler,lease" or "*"
   IDLEBUILD_EXECUTOR_API_KEY For server/solo: executors must present this API key
+  GRPC_VERBOSITY             Turns grpc-js's own diagnostic lines back on
 
 Examples:
   idlebuild solo
@@ -56,6 +59,8 @@ Examples:
 
 export interface CliOptions {
   config?: string;
+  /** The config path came from IDLEBUILD_CONFIG, not --config. */
+  configFromEnv?: boolean;
   port?: string;
   host?: string;
   dataDir?: string;
@@ -95,7 +100,7 @@ export async function runCommand(command: string, opts: CliOptions, io: CliIo): 
 }
 
 async function runServer(opts: CliOptions, io: CliIo): Promise<number> {
-  if (opts.config) {
+  if (opts.config && !opts.configFromEnv) {
     throw invalidArgument(
       '--config configures an executor; "idlebuild server" takes only --port, --host and --data-dir',
     );
