@@ -9,6 +9,7 @@ import { mkdtemp, readFile, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { parseArgs } from 'node:util';
+import { STRICT_REMOTE_FLAGS, bazelFlags } from '../../src-shared/bazel.js';
 import { writeCProject } from '../e2e/c-project.js';
 import { bazelRunner, processSummary, startSolo } from '../e2e/bazel-harness.js';
 
@@ -37,12 +38,7 @@ try {
   await bazel('info', 'release');
   const local = await bazel('build', '//...', `--jobs=${jobs}`, '--spawn_strategy=local');
   await bazel('clean');
-  const remoteFlags = [
-    `--remote_executor=${solo.endpoint}`,
-    `--jobs=${jobs}`,
-    '--spawn_strategy=remote',
-    '--remote_local_fallback=false',
-  ];
+  const remoteFlags = [...bazelFlags(solo.endpoint), ...STRICT_REMOTE_FLAGS, `--jobs=${jobs}`];
   const remote = await bazel('build', '//...', ...remoteFlags);
   await bazel('clean');
   const cached = await bazel('build', '//...', ...remoteFlags);

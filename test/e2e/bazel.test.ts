@@ -5,6 +5,7 @@ import { mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { once } from 'node:events';
+import { STRICT_REMOTE_FLAGS, bazelFlags } from '../../src-shared/bazel.js';
 import { writeCProject } from './c-project.js';
 import { bazelRunner, processSummary, readOutputs, repoRoot, startSolo } from './bazel-harness.js';
 
@@ -39,12 +40,7 @@ test(
 
       // Step: the same build executed remotely through solo mode.
       await bazel('clean');
-      const remoteFlags = [
-        `--remote_executor=${solo.endpoint}`,
-        `--jobs=${JOBS}`,
-        '--spawn_strategy=remote',
-        '--remote_local_fallback=false',
-      ];
+      const remoteFlags = [...bazelFlags(solo.endpoint), ...STRICT_REMOTE_FLAGS, `--jobs=${JOBS}`];
       const remote = await bazel('build', '//...', ...remoteFlags);
       const remoteCounts = processSummary(remote.output);
       assert.equal(

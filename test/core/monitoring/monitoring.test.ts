@@ -76,6 +76,11 @@ describe('monitoring', () => {
     return m;
   }
 
+  /** Monitoring of one executor on free ports, failing on bind errors. */
+  function monitorExecutor(e: Executor) {
+    return monitor({ config: ports(), executor: e, logger: silentLogger, fatalOnBindError: true });
+  }
+
   test('/healthz answers OK only to requests that name the server type', async () => {
     const m = await monitor({
       config: ports(),
@@ -117,12 +122,7 @@ describe('monitoring', () => {
 
   test('/readyz is OK once the executor registers and fails again after it stops', async () => {
     const e = await executor();
-    const m = await monitor({
-      config: ports(),
-      executor: e,
-      logger: silentLogger,
-      fatalOnBindError: true,
-    });
+    const m = await monitorExecutor(e);
     const readyz = `http://${m.healthAddress}/readyz`;
 
     await until(async () => (await get(readyz, SERVER_TYPE)).status === 200, 'ready');
@@ -139,12 +139,7 @@ describe('monitoring', () => {
 
   test('one executed action moves the task counters and histograms', async () => {
     const e = await executor();
-    const m = await monitor({
-      config: ports(),
-      executor: e,
-      logger: silentLogger,
-      fatalOnBindError: true,
-    });
+    const m = await monitorExecutor(e);
     await until(() => e.snapshot().connected, 'registered');
     const before = await scrape(m.metricsAddress!);
     assert.equal(sample(before, 'buildbuddy_remote_execution_tasks_started_count'), 0);
@@ -201,12 +196,7 @@ describe('monitoring', () => {
 
   test('metrics never contain the API key', async () => {
     const e = await executor();
-    const m = await monitor({
-      config: ports(),
-      executor: e,
-      logger: silentLogger,
-      fatalOnBindError: true,
-    });
+    const m = await monitorExecutor(e);
     const action = await client.uploadAction({ args: ['sh', '-c', 'echo secret-free'] });
     await client.execute(action);
     await until(() => e.snapshot().completed === 1, 'the attempt is counted');
